@@ -1,0 +1,22 @@
+"""torch-hollow: weight entries held at exactly zero (a hollow diagonal) through training."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HollowError",
+    "HollowLinear",
+    "HollowWarning",
+    "__version__",
+    "convert",
+    "hollow_",
+    "is_hollow",
+    "remove",
+    "zero_diagonal_",
+]
+
+from .constrain import convert, hollow_, is_hollow, remove
+from .errors import HollowError, HollowWarning
+from .functional import zero_diagonal_
+from .nn import HollowLinear

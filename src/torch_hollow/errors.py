@@ -1,0 +1,23 @@
+"""The one error and the one warning torch-hollow raises."""
+
+from __future__ import annotations
+
+__all__ = ["HollowError", "HollowWarning"]
+
+
+class HollowError(ValueError):
+    """A request torch-hollow refuses: it names the module, the parameter, its shape and the fix."""
+
+
+class HollowWarning(UserWarning):
+    """Something a user must know, e.g. non-zero values dropped from a loaded checkpoint."""
+
+
+def _where(path: str, name: str, shape: object) -> str:
+    target = f"{path}.{name}" if path else name
+    return f"{target!r} (shape {tuple(shape)})" if shape is not None else repr(target)
+
+
+def refuse(path: str, name: str, shape: object, what: str, fix: str) -> HollowError:
+    """Build a `HollowError` for parameter `name` of the module at `path`."""
+    return HollowError(f"torch_hollow: {_where(path, name, shape)}: {what}. Fix: {fix}.")

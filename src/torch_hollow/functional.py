@@ -1,0 +1,188 @@
+"""The op: a linear map that reads the held entries of its weight as exactly zero."""
+
+from __future__ import annotations
+
+__all__ = ["hollow_linear", "zero_diagonal_"]
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import HollowError, refuse
+from .patterns import Diagonal, Pattern
+
+
+def hollow_linear(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    offset: int = 0,
+    *,
+    pattern: Pattern | None = None,
+) -> Tensor:
+    """``F.linear`` with the held entries of ``weight`` read as 0.0, whatever ``weight`` holds.
+
+    The output equals ``F.linear(input, w0, bias)`` bitwise, where ``w0`` is ``weight`` with
+    the entries ``torch.diagonal(weight, offset)`` (or those of ``pattern``) set to 0.0, and the
+    gradient with respect to ``weight`` is exactly 0.0 there. This form works on any weight, so it
+    makes one masked copy of ``weight`` per call; `HollowLinear` keeps its stored weight zero and
+    needs no copy.
+
+    Args:
+        input: ``(*, in_features)``.
+        weight: ``(out_features, in_features)``, floating point.
+        bias: ``(out_features,)`` or None.
+        offset: which diagonal is held at zero (shorthand for ``pattern=Diagonal(offset)``).
+        pattern: the held entries; overrides ``offset``.
+
+    Returns:
+        ``(*, out_features)``.
+
+    Raises:
+        HollowError: ``weight`` is not a floating 2-D tensor or the pattern does not fit it.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.functional import hollow_linear
+        >>> w = torch.ones(2, 2, requires_grad=True)
+        >>> y = hollow_linear(torch.tensor([1.0, 2.0]), w)
+        >>> y.detach()
+        tensor([2., 1.])
+        >>> y.sum().backward()
+        >>> w.grad
+        tensor([[0., 2.],
+                [1., 0.]])
+    """
+    pattern = resolve_pattern(offset, pattern)
+    check_weight("", "weight", weight, pattern, max_dim=2)
+    w0 = weight.clone()
+    pattern.zero_(w0)
+    return F.linear(input, w0, bias)
+
+
+def zero_diagonal_(tensor: Tensor, offset: int = 0) -> Tensor:
+    """Write 0.0 into ``torch.diagonal(tensor, offset, -2, -1)`` in place and return ``tensor``.
+
+    The one-shot operation done right: it works on a Parameter that requires grad (under
+    ``torch.no_grad``, bumping its version so a stale graph fails loudly instead of silently using
+    the old values) and on batched ``(..., n, m)`` tensors. It does not keep the entries zero: for
+    that use `HollowLinear` or `hollow_`.
+
+    Args:
+        tensor: at least 2-D.
+        offset: which diagonal; ``-rows < offset < cols``.
+
+    Returns:
+        ``tensor``, modified in place.
+
+    Raises:
+        HollowError: ``tensor`` has fewer than 2 dimensions or ``offset`` misses it.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow import zero_diagonal_
+        >>> w = torch.nn.Parameter(torch.ones(2, 3))
+        >>> zero_diagonal_(w, offset=1).data
+        tensor([[1., 0., 1.],
+                [1., 1., 0.]])
+    """
+    pattern = Diagonal(offset)
+    check_weight("", "tensor", tensor, pattern, floating=False)
+    with torch.no_grad():
+        pattern.zero_(tensor)
+    return tensor
+
+
+def resolve_pattern(offset: int, pattern: Pattern | None) -> Pattern:
+    """``pattern`` if given, else ``Diagonal(offset)``; both at once must agree."""
+    if pattern is None:
+        return Diagonal(offset)
+    if not isinstance(pattern, Pattern):
+        raise HollowError(
+            f"torch_hollow: pattern must be a torch_hollow.patterns.Pattern, got {pattern!r}. "
+            "Fix: pass e.g. Diagonal(1).")
+    if offset != 0:
+        raise HollowError(
+            f"torch_hollow: got both offset={offset} and pattern={pattern!r}. "
+            f"Fix: pass one of them (offset={offset} means pattern=Diagonal({offset})).")
+    return pattern
+
+
+def check_weight(
+    path: str,
+    name: str,
+    weight: object,
+    pattern: Pattern,
+    *,
+    max_dim: int | None = None,
+    floating: bool = True,
+) -> None:
+    """Raise a `HollowError` unless ``weight`` is a tensor ``pattern`` can hold."""
+    if not isinstance(weight, Tensor):
+        raise refuse(path, name, None, f"is {type(weight).__name__}, not a tensor",
+                     "pass a floating-point torch.Tensor or nn.Parameter")
+    if floating and not (weight.is_floating_point() or weight.is_complex()):
+        raise refuse(path, name, weight.shape, f"has dtype {weight.dtype}, not floating point",
+                     "hold a floating-point parameter (e.g. .float())")
+    if max_dim is not None and weight.dim() > max_dim:
+        raise refuse(path, name, weight.shape, f"is {weight.dim()}-D, this needs a matrix",
+                     "pass a 2-D (out_features, in_features) weight")
+    problem = pattern.problem(weight.shape)
+    if problem is not None:
+        raise refuse(path, name, weight.shape, problem[0], problem[1])
+
+
+def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: Pattern) -> Tensor:
+    """``F.linear`` for a weight whose held entries already read 0.0; masks its gradient.
+
+    Eager: the linear runs on ``weight.t()``, whose gradient comes fresh out of a matrix product
+    and gets its held entries zeroed by a tensor hook, for ``backward()`` and
+    ``torch.autograd.grad`` alike. Under ``torch.compile`` and ``torch.export`` a hook would
+    break the graph, so an autograd.Function with the same backward is traced instead.
+    """
+    if torch.compiler.is_compiling():
+        return _traced_linear(input, weight, bias, pattern)
+    wt = weight.t()
+    if wt.requires_grad:
+        wt.register_hook(pattern.zero_transposed_grad_)
+    if input.dim() == 2 and bias is not None:
+        return torch.addmm(bias, input, wt)
+    # F.linear's own split: fold a contiguous N-D input into one addmm, else matmul then add.
+    if input.dim() > 2 and bias is not None and input.is_contiguous():
+        out = torch.addmm(bias, input.reshape(-1, input.shape[-1]), wt)
+        return out.view(*input.shape[:-1], out.shape[-1])
+    out = torch.matmul(input, wt)
+    return out if bias is None else out + bias
+
+
+class _MaskedGradLinear(torch.autograd.Function):
+    # Classic ctx style: the autocast cast happens outside, in `_traced_linear`.
+    @staticmethod
+    def forward(ctx, input, weight, bias, pattern):  # type: ignore[override]
+        ctx.save_for_backward(input, weight)
+        ctx.pattern = pattern
+        return F.linear(input, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        input, weight = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        flat_grad = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_input = grad @ weight
+        if ctx.needs_input_grad[1]:
+            grad_weight = flat_grad.t() @ input.reshape(-1, input.shape[-1])
+            ctx.pattern.zero_(grad_weight)
+        if ctx.needs_input_grad[2]:
+            grad_bias = flat_grad.sum(0)
+        return grad_input, grad_weight, grad_bias, None
+
+
+def _traced_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: Pattern) -> Tensor:
+    device = input.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            cast_bias = None if bias is None else bias.to(dtype)
+            return _MaskedGradLinear.apply(input.to(dtype), weight.to(dtype), cast_bias, pattern)
+    return _MaskedGradLinear.apply(input, weight, bias, pattern)

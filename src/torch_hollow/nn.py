@@ -1,0 +1,146 @@
+"""HollowLinear: an ``nn.Linear`` whose held weight entries are exactly zero, always."""
+
+from __future__ import annotations
+
+__all__ = ["HollowLinear"]
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import guard
+from .errors import HollowWarning
+from .functional import check_weight, resolve_pattern, stored_linear
+from .patterns import Diagonal, Pattern
+
+
+class HollowLinear(nn.Linear):
+    """``nn.Linear`` whose entries ``weight[i, i + offset]`` are bitwise 0.0, always.
+
+    The stored weight holds 0.0 there after every optimizer step (any ``torch.optim`` optimizer,
+    fused and compiled steps and Muon included), ``load_state_dict``, ``reset_parameters``,
+    ``state_dict``, dtype/device moves, ``deepcopy`` and pickling; each forward computes with
+    zeros even after a raw ``nn.init`` write; and the gradient of the weight is exactly 0.0 there,
+    for ``backward()`` and ``torch.autograd.grad``. State-dict keys are those of ``nn.Linear``.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        bias: learn an additive bias.
+        device: as for ``nn.Linear``.
+        dtype: as for ``nn.Linear``.
+        offset: which diagonal is zero; ``-out_features < offset < in_features``. A rectangular
+            weight uses the entries that exist.
+        pattern: the held entries (a `torch_hollow.patterns.Pattern`); overrides ``offset``.
+
+    Raises:
+        HollowError: the offset (or pattern) does not fit the weight.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow import HollowLinear
+        >>> layer = HollowLinear(4, 4)
+        >>> opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        >>> layer(torch.randn(8, 4)).square().sum().backward()
+        >>> opt.step()
+        >>> layer.weight.diagonal()
+        tensor([0., 0., 0., 0.], grad_fn=<DiagonalBackward0>)
+    """
+
+    _hollow_patterns: dict[str, Pattern]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        offset: int = 0,
+        pattern: Pattern | None = None,
+    ) -> None:
+        pattern = resolve_pattern(offset, pattern)
+        check_weight(type(self).__name__, "weight", torch.empty(out_features, in_features,
+                     device="meta"), pattern, max_dim=2)
+        # Set before nn.Linear.__init__, whose reset_parameters() already needs it.
+        self._hollow_patterns = {"weight": pattern}
+        super().__init__(in_features, out_features, bias, device, dtype)
+        guard.register(self)
+
+    @property
+    def pattern(self) -> Pattern:
+        """The held entries of ``weight``."""
+        return self._hollow_patterns["weight"]
+
+    @property
+    def offset(self) -> int:
+        """The held diagonal's offset (for a `Diagonal` pattern)."""
+        pattern = self.pattern
+        if not isinstance(pattern, Diagonal):
+            raise AttributeError(f"{pattern!r} has no single offset")
+        return pattern.offset
+
+    def forward(self, input: Tensor) -> Tensor:
+        pattern = self._hollow_patterns["weight"]
+        weight = self.weight
+        if not torch.compiler.is_compiling():
+            guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
+        elif not torch.compiler.is_exporting():  # in a graph: a functional mutation
+            with torch.no_grad():
+                pattern.zero_(weight)
+        return stored_linear(input, weight, self.bias, pattern)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if "_hollow_patterns" in self.__dict__:
+            guard.zero_stored_(self)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        guard.zero_stored_(self)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        dropped = {
+            name: _dropped(pattern, state_dict[prefix + name])
+            for name, pattern in self._hollow_patterns.items()
+            if isinstance(state_dict.get(prefix + name), Tensor)
+        }
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        guard.zero_stored_(self)
+        for name, (count, largest) in dropped.items():
+            if count:
+                warnings.warn(HollowWarning(
+                    f"torch_hollow: loading {prefix + name!r} set {count} non-zero value(s) on "
+                    f"its held entries ({self._hollow_patterns[name]!r}) to 0.0; largest |value| "
+                    f"dropped: {largest:.6g}. The layer is hollow, so these entries cannot hold "
+                    "values; remove() the constraint first to keep them."), stacklevel=3)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pattern={self.pattern!r}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k != "_hollow_cache"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        guard.register(self)  # deepcopy and unpickling skip __init__
+
+
+def _dropped(pattern: Pattern, incoming: Tensor) -> tuple[int, float]:
+    if pattern.problem(incoming.shape) is not None:
+        return 0, 0.0  # a shape mismatch: load_state_dict reports it itself
+    return pattern.count_nonzero(incoming), pattern.max_abs(incoming)
