@@ -36,8 +36,10 @@ def test_compiled_training_has_no_graph_break_and_matches_eager(device):
     compiled = torch.compile(compiled_model, fullgraph=True)
     x = torch.randn(8, 6, device=device)
     target = torch.randn(8, 4, device=device)
-    opts = [torch.optim.AdamW(m.parameters(), lr=0.05, weight_decay=0.1)
-            for m in (eager, compiled_model)]
+    opts = [
+        torch.optim.AdamW(m.parameters(), lr=0.05, weight_decay=0.1)
+        for m in (eager, compiled_model)
+    ]
     for _ in range(10):
         for fn, opt in zip((eager, compiled), opts, strict=True):
             opt.zero_grad()
@@ -104,6 +106,7 @@ def test_export_is_plain_linear(device):
 
 def test_onnx_export_gives_gemm_and_matches_onnxruntime(tmp_path):
     import onnxruntime as ort  # from the test extra
+
     model = _model("cpu")
     x = torch.randn(3, 6)
     program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)

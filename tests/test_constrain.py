@@ -91,7 +91,9 @@ def test_converted_model_trains_like_hollow_layers(device):
     opt = torch.optim.Muon([model[0].weight, model[2].weight], lr=0.05)
     for _ in range(10):
         opt.zero_grad()
-        F.mse_loss(model(torch.randn(8, 6, device=device)), torch.zeros(8, 6, device=device)).backward()
+        F.mse_loss(
+            model(torch.randn(8, 6, device=device)), torch.zeros(8, 6, device=device)
+        ).backward()
         opt.step()
     for i in (0, 2):
         assert_bitwise_zero(model[i].weight, diag_mask(6, 6, device=device))
@@ -108,13 +110,25 @@ class _Custom(nn.Module):
 @pytest.mark.parametrize(
     "module,name,match",
     [
-        (nn.Linear(3, 3), "bias", r"'Linear.bias' \(shape \(3,\)\): a diagonal needs a matrix, "
-                                  r"this is 1-D\. Fix: pick a 2-D"),
-        (nn.Linear(3, 3), "kernel", r"'Linear.kernel': Linear has no parameter 'kernel' \(its "
-                                    r"parameters: weight, bias\)\. Fix: name one"),
+        (
+            nn.Linear(3, 3),
+            "bias",
+            r"'Linear.bias' \(shape \(3,\)\): a diagonal needs a matrix, "
+            r"this is 1-D\. Fix: pick a 2-D",
+        ),
+        (
+            nn.Linear(3, 3),
+            "kernel",
+            r"'Linear.kernel': Linear has no parameter 'kernel' \(its "
+            r"parameters: weight, bias\)\. Fix: name one",
+        ),
         (_Custom(), "cube", r"'_Custom.cube' \(shape \(2, 3, 4, 5\)\): is 4-D"),
-        (_Custom(), "counts", r"'_Custom.counts' \(shape \(3, 3\)\): has dtype torch.int64, "
-                              r"not floating point"),
+        (
+            _Custom(),
+            "counts",
+            r"'_Custom.counts' \(shape \(3, 3\)\): has dtype torch.int64, "
+            r"not floating point",
+        ),
         (_Custom(), "w", r"'_Custom.w' \(shape \(3, 3\)\): _Custom.w is not supported"),
         (nn.Linear(3, 2), "weight", None),
     ],
@@ -133,5 +147,5 @@ def test_hollow_refuses_offset_outside():
 
 
 def test_hollow_refuses_non_modules():
-    with pytest.raises(HollowError, match="expected an nn.Module, got Tensor"):
+    with pytest.raises(HollowError, match=r"expected an nn\.Module, got Tensor"):
         hollow_(torch.ones(3, 3))  # type: ignore[arg-type]

@@ -11,7 +11,8 @@ import pytest
 import torch_hollow
 
 MODULES = sorted(
-    info.name for info in pkgutil.walk_packages(torch_hollow.__path__, "torch_hollow.")
+    info.name
+    for info in pkgutil.walk_packages(torch_hollow.__path__, "torch_hollow.")
     if info.name != "torch_hollow.__main__"
 )
 

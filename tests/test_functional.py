@@ -49,7 +49,7 @@ def test_hollow_linear_leaves_the_weight_alone():
 def test_hollow_linear_pattern_and_offset_conflict():
     with pytest.raises(HollowError, match="both offset=1 and pattern"):
         hollow_linear(torch.ones(3), torch.ones(3, 3), offset=1, pattern=Diagonal(1))
-    with pytest.raises(HollowError, match="must be a torch_hollow.patterns.Pattern"):
+    with pytest.raises(HollowError, match=r"must be a torch_hollow\.patterns\.Pattern"):
         hollow_linear(torch.ones(3), torch.ones(3, 3), pattern="diagonal")
 
 

@@ -154,8 +154,9 @@ def test_load_state_dict_zeroes_and_warns_with_name_and_largest_value(mode, devi
     with pytest.warns(HollowWarning, match=r"'1\.weight' set 5 non-zero.*dropped: 3\.25"):
         model.load_state_dict(sd, **kwargs)
     assert_bitwise_zero(model[1].weight, diag_mask(5, 5, device=device))
-    assert torch.equal(model[1].weight[~diag_mask(5, 5, device=device)],
-                       torch.full((20,), 0.5, device=device))
+    assert torch.equal(
+        model[1].weight[~diag_mask(5, 5, device=device)], torch.full((20,), 0.5, device=device)
+    )
     if mode == "assign":  # PyTorch's assign=True: the layer takes the checkpoint's tensor itself
         assert model[1].weight.data_ptr() == sd["1.weight"].data_ptr()
     else:
@@ -194,7 +195,8 @@ INITS = {
     "data.normal_": lambda m: m.weight.data.normal_(),
     "data = tensor": lambda m: setattr(m.weight, "data", torch.ones_like(m.weight)),
     "apply(init_fn)": lambda m: m.apply(
-        lambda s: nn.init.uniform_(s.weight, 1, 2) if isinstance(s, nn.Linear) else None),
+        lambda s: nn.init.uniform_(s.weight, 1, 2) if isinstance(s, nn.Linear) else None
+    ),
 }
 
 

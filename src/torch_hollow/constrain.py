@@ -113,12 +113,16 @@ def remove(module: nn.Module) -> nn.Module:
         'Linear'
     """
     if not is_hollow(module):
-        raise HollowError(f"torch_hollow: {type(module).__name__} is not hollow. "
-                          "Fix: call remove() only on a module made by HollowLinear/hollow_.")
+        raise HollowError(
+            f"torch_hollow: {type(module).__name__} is not hollow. "
+            "Fix: call remove() only on a module made by HollowLinear/hollow_."
+        )
     if type(module) is not HollowLinear:
-        raise HollowError(f"torch_hollow: {type(module).__name__} subclasses HollowLinear; "
-                          "remove() only turns a HollowLinear back into nn.Linear. Fix: build "
-                          "the plain layer you want and load its state_dict.")
+        raise HollowError(
+            f"torch_hollow: {type(module).__name__} subclasses HollowLinear; "
+            "remove() only turns a HollowLinear back into nn.Linear. Fix: build "
+            "the plain layer you want and load its state_dict."
+        )
     guard.zero_stored_(module)
     guard.unregister(module)
     for attr in ("_hollow_patterns", "_hollow_cache"):
@@ -141,23 +145,40 @@ def is_hollow(module: nn.Module) -> bool:
 
 def _hollow(module: nn.Module, name: str, pattern: Pattern, path: str) -> nn.Module:
     if not isinstance(module, nn.Module):
-        raise HollowError(f"torch_hollow: expected an nn.Module, got {type(module).__name__}. "
-                          "Fix: pass the layer itself, e.g. model.fc.")
+        raise HollowError(
+            f"torch_hollow: expected an nn.Module, got {type(module).__name__}. "
+            "Fix: pass the layer itself, e.g. model.fc."
+        )
     param = module._parameters.get(name)
     if param is None:
         have = ", ".join(n for n, p in module._parameters.items() if p is not None) or "none"
-        raise refuse(path, name, None, f"{type(module).__name__} has no parameter {name!r} "
-                     f"(its parameters: {have})", "name one of its parameters")
+        raise refuse(
+            path,
+            name,
+            None,
+            f"{type(module).__name__} has no parameter {name!r} (its parameters: {have})",
+            "name one of its parameters",
+        )
     check_weight(path, name, param, pattern, max_dim=2)
     if is_hollow(module):
         if module._hollow_patterns.get(name) == pattern:
             return module
-        raise refuse(path, name, param.shape, f"is already hollow with "
-                     f"{module._hollow_patterns}", "call remove() first to change the pattern")
+        raise refuse(
+            path,
+            name,
+            param.shape,
+            f"is already hollow with {module._hollow_patterns}",
+            "call remove() first to change the pattern",
+        )
     if type(module) is not nn.Linear or name != "weight":
-        raise refuse(path, name, param.shape, f"{type(module).__name__}.{name} is not supported "
-                     "(only the weight of an exact nn.Linear)",
-                     "replace the layer with torch_hollow.HollowLinear")
+        raise refuse(
+            path,
+            name,
+            param.shape,
+            f"{type(module).__name__}.{name} is not supported "
+            "(only the weight of an exact nn.Linear)",
+            "replace the layer with torch_hollow.HollowLinear",
+        )
     module.__dict__["_hollow_patterns"] = {name: pattern}
     module.__class__ = HollowLinear
     guard.register(module)

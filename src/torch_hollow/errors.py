@@ -6,7 +6,7 @@ __all__ = ["HollowError", "HollowWarning"]
 
 
 class HollowError(ValueError):
-    """A request torch-hollow refuses: it names the module, the parameter, its shape and the fix."""
+    """A refused request; the message names module, parameter, shape, the problem and the fix."""
 
 
 class HollowWarning(UserWarning):

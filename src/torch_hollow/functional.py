@@ -100,11 +100,13 @@ def resolve_pattern(offset: int, pattern: Pattern | None) -> Pattern:
     if not isinstance(pattern, Pattern):
         raise HollowError(
             f"torch_hollow: pattern must be a torch_hollow.patterns.Pattern, got {pattern!r}. "
-            "Fix: pass e.g. Diagonal(1).")
+            "Fix: pass e.g. Diagonal(1)."
+        )
     if offset != 0:
         raise HollowError(
             f"torch_hollow: got both offset={offset} and pattern={pattern!r}. "
-            f"Fix: pass one of them (offset={offset} means pattern=Diagonal({offset})).")
+            f"Fix: pass one of them (offset={offset} means pattern=Diagonal({offset}))."
+        )
     return pattern
 
 
@@ -119,14 +121,29 @@ def check_weight(
 ) -> None:
     """Raise a `HollowError` unless ``weight`` is a tensor ``pattern`` can hold."""
     if not isinstance(weight, Tensor):
-        raise refuse(path, name, None, f"is {type(weight).__name__}, not a tensor",
-                     "pass a floating-point torch.Tensor or nn.Parameter")
+        raise refuse(
+            path,
+            name,
+            None,
+            f"is {type(weight).__name__}, not a tensor",
+            "pass a floating-point torch.Tensor or nn.Parameter",
+        )
     if floating and not (weight.is_floating_point() or weight.is_complex()):
-        raise refuse(path, name, weight.shape, f"has dtype {weight.dtype}, not floating point",
-                     "hold a floating-point parameter (e.g. .float())")
+        raise refuse(
+            path,
+            name,
+            weight.shape,
+            f"has dtype {weight.dtype}, not floating point",
+            "hold a floating-point parameter (e.g. .float())",
+        )
     if max_dim is not None and weight.dim() > max_dim:
-        raise refuse(path, name, weight.shape, f"is {weight.dim()}-D, this needs a matrix",
-                     "pass a 2-D (out_features, in_features) weight")
+        raise refuse(
+            path,
+            name,
+            weight.shape,
+            f"is {weight.dim()}-D, this needs a matrix",
+            "pass a 2-D (out_features, in_features) weight",
+        )
     problem = pattern.problem(weight.shape)
     if problem is not None:
         raise refuse(path, name, weight.shape, problem[0], problem[1])

@@ -79,6 +79,6 @@ def _stored_views(module: nn.Module) -> list[Tensor]:
 
 def _fresh_views(param: Tensor, pattern: Pattern) -> list[Tensor]:
     data = param.data
-    if data.untyped_storage().nbytes() == 0:  # freed storage (meta, FSDP resharded): nothing to write
+    if data.untyped_storage().nbytes() == 0:  # freed (FSDP resharded): nothing to write
         return []
     return [v for v in pattern.views(data) if v.numel()]

@@ -63,8 +63,13 @@ class HollowLinear(nn.Linear):
         pattern: Pattern | None = None,
     ) -> None:
         pattern = resolve_pattern(offset, pattern)
-        check_weight(type(self).__name__, "weight", torch.empty(out_features, in_features,
-                     device="meta"), pattern, max_dim=2)
+        check_weight(
+            type(self).__name__,
+            "weight",
+            torch.empty(out_features, in_features, device="meta"),
+            pattern,
+            max_dim=2,
+        )
         # Set before nn.Linear.__init__, whose reset_parameters() already needs it.
         self._hollow_patterns = {"weight": pattern}
         super().__init__(in_features, out_features, bias, device, dtype)
@@ -117,16 +122,21 @@ class HollowLinear(nn.Linear):
             for name, pattern in self._hollow_patterns.items()
             if isinstance(state_dict.get(prefix + name), Tensor)
         }
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         guard.zero_stored_(self)
         for name, (count, largest) in dropped.items():
             if count:
-                warnings.warn(HollowWarning(
-                    f"torch_hollow: loading {prefix + name!r} set {count} non-zero value(s) on "
-                    f"its held entries ({self._hollow_patterns[name]!r}) to 0.0; largest |value| "
-                    f"dropped: {largest:.6g}. The layer is hollow, so these entries cannot hold "
-                    "values; remove() the constraint first to keep them."), stacklevel=3)
+                warnings.warn(
+                    HollowWarning(
+                        f"torch_hollow: loading {prefix + name!r} set {count} non-zero "
+                        f"value(s) on its held entries ({self._hollow_patterns[name]!r}) to 0.0; "
+                        f"largest |value| dropped: {largest:.6g}. The layer is hollow, so these "
+                        "entries cannot hold values; remove() the constraint first to keep them."
+                    ),
+                    stacklevel=3,
+                )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern!r}"

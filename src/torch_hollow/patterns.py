@@ -18,7 +18,7 @@ class Pattern:
     """Base class: a fixed set of entries of the last two dimensions held at bitwise 0.0."""
 
     def problem(self, shape: torch.Size) -> tuple[str, str] | None:
-        """Return ``(what is wrong, how to fix it)`` for a weight of ``shape``, or None if it fits."""
+        """``(what is wrong, how to fix it)`` for a weight of ``shape``; None if it fits."""
         raise NotImplementedError
 
     def views(self, t: Tensor) -> list[Tensor]:
@@ -76,12 +76,16 @@ class Diagonal(Pattern):
 
     def problem(self, shape: torch.Size) -> tuple[str, str] | None:
         if len(shape) < 2:
-            return (f"a diagonal needs a matrix, this is {len(shape)}-D",
-                    "pick a 2-D (or batched (..., out, in)) parameter")
+            return (
+                f"a diagonal needs a matrix, this is {len(shape)}-D",
+                "pick a 2-D (or batched (..., out, in)) parameter",
+            )
         rows, cols = shape[-2], shape[-1]
         if not -rows < self.offset < cols:
-            return (f"offset {self.offset} lies outside the {rows}x{cols} matrix",
-                    f"use an offset with {-rows} < offset < {cols}")
+            return (
+                f"offset {self.offset} lies outside the {rows}x{cols} matrix",
+                f"use an offset with {-rows} < offset < {cols}",
+            )
         return None
 
     def views(self, t: Tensor) -> list[Tensor]:
