@@ -159,9 +159,10 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
     """
     if torch.compiler.is_compiling():
         return _traced_linear(input, weight, bias, pattern)
+    if not (weight.requires_grad and torch.is_grad_enabled()):
+        return F.linear(input, weight, bias)
     wt = weight.t()
-    if wt.requires_grad:
-        wt.register_hook(pattern.zero_transposed_grad_)
+    wt.register_hook(pattern.zero_transposed_grad_)
     if input.dim() == 2 and bias is not None:
         return torch.addmm(bias, input, wt)
     # F.linear's own split: fold a contiguous N-D input into one addmm, else matmul then add.
