@@ -113,7 +113,7 @@ class _Custom(nn.Module):
         (
             nn.Linear(3, 3),
             "bias",
-            r"'Linear.bias' \(shape \(3,\)\): a diagonal needs a matrix, "
+            r"'Linear.bias' \(shape \(3,\)\): a pattern needs a matrix, "
             r"this is 1-D\. Fix: pick a 2-D",
         ),
         (

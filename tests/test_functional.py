@@ -108,5 +108,5 @@ def test_zero_diagonal_refuses_offsets_that_miss(shape, offset, match):
 
 
 def test_diagonal_rejects_non_int_offset():
-    with pytest.raises(TypeError):
+    with pytest.raises(HollowError, match="offset must be an int"):
         Diagonal(1.5)  # type: ignore[arg-type]

@@ -1,52 +1,82 @@
 """Which entries of a weight are held at exactly zero.
 
 A pattern acts on the last two dimensions of a tensor (``(..., out, in)``), so one pattern serves a
-plain matrix and a batch of matrices alike.
+plain matrix and a batch of matrices alike. Closed-form patterns (`Diagonal`, `StackedDiagonal`,
+`BlockDiagonal`) store no tensor; `Mask` stores one bool per entry. Patterns combine with ``|``:
+``Diagonal() | Mask(allowed)`` holds the entries either one holds.
 """
 
 from __future__ import annotations
 
-__all__ = ["Diagonal", "Pattern"]
+__all__ = ["BlockDiagonal", "Diagonal", "Mask", "Pattern", "StackedDiagonal", "Union"]
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .errors import HollowError
+
 
 class Pattern:
-    """Base class: a fixed set of entries of the last two dimensions held at bitwise 0.0."""
+    """Base class: a fixed set of entries of the last two dimensions held at bitwise 0.0.
+
+    A subclass gives `problem` and either `views` (views covering the held entries, so the
+    guard can zero many patterns in one ``torch._foreach_zero_``) or `zero_` and `held_values`.
+    """
 
     def problem(self, shape: torch.Size) -> tuple[str, str] | None:
         """``(what is wrong, how to fix it)`` for a weight of ``shape``; None if it fits."""
         raise NotImplementedError
 
-    def views(self, t: Tensor) -> list[Tensor]:
-        """Views of ``t`` that together cover exactly the held entries."""
+    def views(self, t: Tensor) -> list[Tensor] | None:
+        """Views of ``t`` that together cover exactly the held entries (None: not expressible)."""
         raise NotImplementedError
 
     def zero_(self, t: Tensor) -> Tensor:
         """Write 0.0 into the held entries of ``t`` in place and return ``t``."""
-        for v in self.views(t):
+        for v in self.views(t) or ():
             v.zero_()
         return t
 
+    def held_values(self, t: Tensor) -> Tensor:
+        """The held entries of ``t`` as one flat tensor (a copy)."""
+        views = self.views(t) or []
+        return torch.cat([v.detach().reshape(-1) for v in views]) if views else t.new_zeros(0)
+
     def max_abs(self, t: Tensor) -> float:
         """Largest |value| on the held entries of ``t`` (NaN if one is NaN; 0.0 if none)."""
-        found = [v.detach().abs().amax().item() for v in self.views(t) if v.numel()]
-        return max(found, key=_nan_first, default=0.0)
+        values = self.held_values(t)
+        if values.numel() == 0:
+            return 0.0
+        return values.abs().amax().item() if not values.isnan().any() else float("nan")
+
+    def count_nonzero(self, t: Tensor) -> int:
+        """How many held entries of ``t`` are not 0.0."""
+        return int(torch.count_nonzero(self.held_values(t)))
 
     def zero_transposed_grad_(self, grad_t: Tensor) -> None:
         """Tensor hook for the gradient of ``weight.t()``: zero its held entries in place."""
         self.zero_(grad_t.mT)
 
-    def count_nonzero(self, t: Tensor) -> int:
-        """How many held entries of ``t`` are not 0.0."""
-        return sum(int(torch.count_nonzero(v.detach())) for v in self.views(t))
+    def __or__(self, other: Pattern) -> Pattern:
+        if not isinstance(other, Pattern):
+            return NotImplemented
+        return Union((*_parts(self), *_parts(other)))
 
 
-def _nan_first(x: float) -> float:
-    return float("inf") if x != x else x
+def _parts(p: Pattern) -> tuple[Pattern, ...]:
+    return p.parts if isinstance(p, Union) else (p,)
+
+
+def _need_matrix(shape: torch.Size) -> tuple[str, str] | None:
+    if len(shape) < 2:
+        return (
+            f"a pattern needs a matrix, this is {len(shape)}-D",
+            "pick a 2-D (or batched (..., out, in)) parameter",
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,14 +102,14 @@ class Diagonal(Pattern):
 
     def __post_init__(self) -> None:
         if isinstance(self.offset, bool) or not isinstance(self.offset, int):
-            raise TypeError(f"Diagonal offset must be an int, got {self.offset!r}")
+            raise HollowError(
+                f"torch_hollow: Diagonal offset must be an int, got "
+                f"{self.offset!r}. Fix: pass e.g. Diagonal(1)."
+            )
 
     def problem(self, shape: torch.Size) -> tuple[str, str] | None:
-        if len(shape) < 2:
-            return (
-                f"a diagonal needs a matrix, this is {len(shape)}-D",
-                "pick a 2-D (or batched (..., out, in)) parameter",
-            )
+        if (bad := _need_matrix(shape)) is not None:
+            return bad
         rows, cols = shape[-2], shape[-1]
         if not -rows < self.offset < cols:
             return (
@@ -93,3 +123,233 @@ class Diagonal(Pattern):
 
     def zero_transposed_grad_(self, grad_t: Tensor) -> None:
         grad_t.diagonal(-self.offset, -2, -1).zero_()  # the hot path of every eager backward
+
+
+@dataclass(frozen=True)
+class StackedDiagonal(Pattern):
+    """The diagonal of each of ``blocks`` square blocks stacked along the rows.
+
+    The layout of recurrent and attention weights: an LSTM's ``weight_hh_l0`` is four ``h x h``
+    gate blocks (i, f, g, o) stacked into ``(4h, h)``, a GRU's three, and
+    ``nn.MultiheadAttention.in_proj_weight`` stacks q, k, v into ``(3E, E)``. ``blocks=1`` is
+    `Diagonal`.
+
+    Args:
+        blocks: how many row blocks; the rows must split evenly into them.
+        offset: which diagonal inside each block.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.patterns import StackedDiagonal
+        >>> StackedDiagonal(2).zero_(torch.ones(4, 2))
+        tensor([[0., 1.],
+                [1., 0.],
+                [0., 1.],
+                [1., 0.]])
+    """
+
+    blocks: int
+    offset: int = 0
+
+    def problem(self, shape: torch.Size) -> tuple[str, str] | None:
+        if (bad := _need_matrix(shape)) is not None:
+            return bad
+        rows, cols = shape[-2], shape[-1]
+        if self.blocks < 1 or rows % self.blocks:
+            return (
+                f"{rows} rows do not split into {self.blocks} stacked blocks",
+                "pass the number of stacked blocks (e.g. 4 for an LSTM's gates)",
+            )
+        return Diagonal(self.offset).problem(torch.Size((rows // self.blocks, cols)))
+
+    def views(self, t: Tensor) -> list[Tensor]:
+        return [t.unflatten(-2, (self.blocks, -1)).diagonal(self.offset, -2, -1)]
+
+
+@dataclass(frozen=True)
+class BlockDiagonal(Pattern):
+    """The diagonal blocks: block g covers rows ``[r_g, r_g+1)`` x columns ``[c_g, c_g+1)``.
+
+    ``rows`` and ``cols`` are a uniform block size or a sequence of sizes; ``cols`` defaults to
+    ``rows``. ``BlockDiagonal(rows=m, cols=1)`` is NOTEARS-MLP's first layer (hidden units of
+    output j must not read input j); ``BlockDiagonal(q)`` zeroes the q x q self-coupling blocks of
+    a Potts model.
+
+    Args:
+        rows: row block size, or the sizes of the row blocks.
+        cols: column block size, or sizes; defaults to ``rows``.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.patterns import BlockDiagonal
+        >>> BlockDiagonal(rows=2, cols=1).zero_(torch.ones(4, 2))
+        tensor([[0., 1.],
+                [0., 1.],
+                [1., 0.],
+                [1., 0.]])
+    """
+
+    rows: int | tuple[int, ...]
+    cols: int | tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("rows", "cols"):
+            value = getattr(self, field)
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                object.__setattr__(self, field, tuple(int(v) for v in value))
+
+    def _sizes(self, shape: torch.Size) -> tuple[list[int], list[int]] | tuple[str, str]:
+        rows, cols = shape[-2], shape[-1]
+        spec_r, spec_c = self.rows, self.rows if self.cols is None else self.cols
+        if isinstance(spec_r, int) and isinstance(spec_c, int):
+            if spec_r < 1 or spec_c < 1 or rows % spec_r or cols % spec_c:
+                return (
+                    f"blocks of {spec_r}x{spec_c} do not tile the {rows}x{cols} matrix",
+                    "pick block sizes that divide the rows and columns",
+                )
+            spec_r = (spec_r,) * (rows // spec_r)
+            spec_c = (spec_c,) * (cols // spec_c)
+        elif isinstance(spec_r, int):
+            spec_r = (spec_r,) * len(spec_c)
+        elif isinstance(spec_c, int):
+            spec_c = (spec_c,) * len(spec_r)
+        if (
+            len(spec_r) != len(spec_c)
+            or sum(spec_r) != rows
+            or sum(spec_c) != cols
+            or min(spec_r + spec_c) < 1
+        ):
+            return (
+                f"row blocks {list(spec_r)} x column blocks {list(spec_c)} do not tile the "
+                f"{rows}x{cols} matrix (need equal counts, sums {rows} and {cols})",
+                "give as many row blocks as column blocks, summing to the weight's sizes",
+            )
+        return list(spec_r), list(spec_c)
+
+    def problem(self, shape: torch.Size) -> tuple[str, str] | None:
+        if (bad := _need_matrix(shape)) is not None:
+            return bad
+        sizes = self._sizes(shape)
+        return sizes if isinstance(sizes[0], str) else None  # type: ignore[return-value]
+
+    def views(self, t: Tensor) -> list[Tensor]:
+        rows, cols = self._sizes(t.shape)  # type: ignore[misc]
+        if len(set(rows)) == 1 and len(set(cols)) == 1:  # uniform: one strided view
+            grid = t.unflatten(-2, (len(rows), rows[0])).unflatten(-1, (len(cols), cols[0]))
+            return [grid.diagonal(0, -4, -2)]
+        out, r0, c0 = [], 0, 0
+        for r, c in zip(rows, cols, strict=True):
+            out.append(t[..., r0 : r0 + r, c0 : c0 + c])
+            r0, c0 = r0 + r, c0 + c
+        return out
+
+
+class Mask(Pattern):
+    """An arbitrary fixed mask: ``allowed`` is True where the weight is free, False where held.
+
+    The convention of zuko's adjacency and ``prune``'s mask. The mask is stored once as bool
+    (1 byte per entry), and copied once to each device it is used on. It applies to the last two
+    dimensions and broadcasts over batch dimensions.
+
+    Args:
+        allowed: a boolean tensor ``(out, in)`` or ``(..., out, in)``.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.patterns import Mask
+        >>> Mask(torch.tensor([[True, False], [True, True]])).zero_(torch.ones(2, 2))
+        tensor([[1., 0.],
+                [1., 1.]])
+    """
+
+    def __init__(self, allowed: Tensor) -> None:
+        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool or allowed.dim() < 2:
+            raise HollowError(
+                "torch_hollow: Mask takes a bool tensor of at least 2 dims, got "
+                f"{allowed!r:.60}. Fix: pass allowed = (mask != 0), True = free."
+            )
+        self.held = (~allowed).detach().cpu().contiguous()
+        self._on: dict[torch.device, Tensor] = {}
+
+    @property
+    def allowed(self) -> Tensor:
+        """True where the weight is free."""
+        return ~self.held
+
+    def problem(self, shape: torch.Size) -> tuple[str, str] | None:
+        if (bad := _need_matrix(shape)) is not None:
+            return bad
+        try:
+            if torch.broadcast_shapes(self.held.shape, shape) != shape:
+                raise RuntimeError
+        except RuntimeError:
+            return (
+                f"the mask has shape {tuple(self.held.shape)}, which does not fit",
+                f"pass a mask of shape {tuple(shape[-2:])} (or one that broadcasts to "
+                f"{tuple(shape)})",
+            )
+        return None
+
+    def _held_on(self, device: torch.device) -> Tensor:
+        held = self._on.get(device)
+        if held is None:
+            held = self._on[device] = self.held.to(device)
+        return held
+
+    def views(self, t: Tensor) -> None:
+        return None
+
+    def zero_(self, t: Tensor) -> Tensor:
+        return t.masked_fill_(self._held_on(t.device), 0)
+
+    def held_values(self, t: Tensor) -> Tensor:
+        held = self._held_on(t.device).expand(t.shape)
+        return t.detach()[held]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mask) and (other is self or torch.equal(other.held, self.held))
+
+    def __hash__(self) -> int:
+        return hash(("Mask", tuple(self.held.shape), int(self.held.sum())))
+
+    def __repr__(self) -> str:
+        return f"Mask(shape={tuple(self.held.shape)}, held={int(self.held.sum())})"
+
+    def __getstate__(self) -> dict:
+        return {"held": self.held}
+
+    def __setstate__(self, state: dict) -> None:
+        self.held, self._on = state["held"], {}
+
+
+@dataclass(frozen=True)
+class Union(Pattern):
+    """The entries held by any of ``parts`` (what ``a | b`` builds).
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.patterns import Diagonal
+        >>> (Diagonal(1) | Diagonal(-1)).zero_(torch.ones(3, 3))
+        tensor([[1., 0., 1.],
+                [0., 1., 0.],
+                [1., 0., 1.]])
+    """
+
+    parts: tuple[Pattern, ...]
+
+    def problem(self, shape: torch.Size) -> tuple[str, str] | None:
+        return next((p for p in (q.problem(shape) for q in self.parts) if p is not None), None)
+
+    def views(self, t: Tensor) -> list[Tensor] | None:
+        views = [p.views(t) for p in self.parts]
+        return None if any(v is None for v in views) else [x for v in views for x in v]
+
+    def zero_(self, t: Tensor) -> Tensor:
+        for p in self.parts:
+            p.zero_(t)
+        return t
+
+    def held_values(self, t: Tensor) -> Tensor:
+        free = torch.ones(t.shape, dtype=torch.bool, device=t.device)
+        self.zero_(free)  # each held entry once, however many parts hold it
+        return t.detach()[~free]
