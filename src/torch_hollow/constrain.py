@@ -12,7 +12,7 @@ from . import guard
 from .errors import HollowError, refuse
 from .functional import check_weight, resolve_pattern
 from .nn import HollowLinear
-from .patterns import Pattern
+from .patterns import Diagonal, Pattern, StackedDiagonal
 
 
 def hollow_(
@@ -20,13 +20,25 @@ def hollow_(
 ) -> nn.Module:
     """Hold entries of ``module.<name>`` at exactly 0.0 from now on, in place.
 
-    An ``nn.Linear`` becomes a `HollowLinear` (its class is switched to that fixed subclass, so
-    pickling works): the module keeps its identity, its Parameter objects (an optimizer built
-    before keeps working) and its state-dict keys. The held entries are zeroed now.
+    An exact ``nn.Linear``'s weight: the module becomes a `HollowLinear` (its class is switched
+    to that fixed subclass, so pickling works) and keeps its identity, its Parameter objects (an
+    optimizer built before keeps working) and its state-dict keys; every guarantee holds.
+
+    Any other floating parameter of 2 or more dims (``(..., out, in)``; a dotted ``name`` reaches
+    into submodules, e.g. ``"out_proj.weight"`` of ``nn.MultiheadAttention``) is held by hooks on
+    ``module``, whose own forward reads the parameter: a forward pre-hook re-zeroes the stored
+    entries before each forward, the optimizer guard after each step, state-dict hooks on save
+    and load (warning about dropped values), and a post-accumulate-grad hook zeroes them in
+    ``param.grad`` after ``backward()``. ``torch.autograd.grad`` is not masked on this path.
+
+    Default patterns: ``Diagonal(offset)``, except the stacked layouts: ``weight_hh_l*`` of
+    ``nn.LSTM`` / ``nn.LSTMCell`` (4 gate blocks), ``nn.GRU`` / ``nn.GRUCell`` (3) and
+    ``in_proj_weight`` of ``nn.MultiheadAttention`` (q, k, v) get ``StackedDiagonal``: the
+    diagonal of each block.
 
     Args:
-        module: an ``nn.Linear``.
-        name: the parameter to hold, ``"weight"``.
+        module: the module whose forward uses the parameter.
+        name: the parameter, dotted for a submodule's.
         offset: which diagonal; shorthand for ``pattern=Diagonal(offset)``.
         pattern: the held entries.
 
@@ -34,8 +46,8 @@ def hollow_(
         ``module``.
 
     Raises:
-        HollowError: the module, the parameter or the pattern is not supported (the message
-            says which and how to fix it).
+        HollowError: the parameter is missing, not floating, not a matrix, or the pattern does
+            not fit (the message says which and how to fix it).
 
     Example:
         >>> import torch
@@ -46,7 +58,12 @@ def hollow_(
         (True, True, True)
         >>> layer.weight.diagonal().tolist()
         [0.0, 0.0, 0.0]
+        >>> lstm = hollow_(torch.nn.LSTM(2, 3), "weight_hh_l0")  # each gate's 3x3 diagonal
+        >>> lstm.weight_hh_l0.unflatten(0, (4, 3)).diagonal(0, -2, -1).abs().sum().item()
+        0.0
     """
+    if pattern is None and not isinstance(offset, bool) and offset == 0:
+        pattern = _default_pattern(module, name)
     return _hollow(module, name, resolve_pattern(offset, pattern), type(module).__name__)
 
 
@@ -94,11 +111,15 @@ def convert(
     return model
 
 
-def remove(module: nn.Module) -> nn.Module:
-    """Undo `hollow_`: a plain ``nn.Linear`` again, same Parameter objects, held entries left 0.0.
+def remove(module: nn.Module, name: str | None = None) -> nn.Module:
+    """Undo `hollow_`: same Parameter objects, held entries left at 0.0, free to train again.
+
+    A `HollowLinear` becomes a plain ``nn.Linear``; a module held by hooks loses them (for
+    ``name``, or for all its held parameters when ``name`` is None).
 
     Args:
         module: a hollow module.
+        name: which held parameter to release (default: all).
 
     Returns:
         ``module``.
@@ -112,11 +133,16 @@ def remove(module: nn.Module) -> nn.Module:
         >>> type(remove(HollowLinear(2, 2))).__name__
         'Linear'
     """
-    if not is_hollow(module):
+    if not is_hollow(module) or (name is not None and name not in module._hollow_patterns):
         raise HollowError(
             f"torch_hollow: {type(module).__name__} is not hollow. "
             "Fix: call remove() only on a module made by HollowLinear/hollow_."
         )
+    if not isinstance(module, HollowLinear):
+        guard.zero_stored_(module)
+        for held in [name] if name is not None else list(module._hollow_patterns):
+            guard.detach(module, held)
+        return module
     if type(module) is not HollowLinear:
         raise HollowError(
             f"torch_hollow: {type(module).__name__} subclasses HollowLinear; "
@@ -143,15 +169,25 @@ def is_hollow(module: nn.Module) -> bool:
     return bool(module.__dict__.get("_hollow_patterns"))
 
 
+_STACKED = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}
+
+
+def _default_pattern(module: nn.Module, name: str) -> Pattern:
+    blocks = _STACKED.get(type(module), 1) if name.startswith("weight_hh") else 1
+    if isinstance(module, nn.MultiheadAttention) and name == "in_proj_weight":
+        blocks = 3
+    return StackedDiagonal(blocks) if blocks > 1 else Diagonal(0)
+
+
 def _hollow(module: nn.Module, name: str, pattern: Pattern, path: str) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise HollowError(
             f"torch_hollow: expected an nn.Module, got {type(module).__name__}. "
             "Fix: pass the layer itself, e.g. model.fc."
         )
-    param = module._parameters.get(name)
+    param = guard.parameter(module, name)
     if param is None:
-        have = ", ".join(n for n, p in module._parameters.items() if p is not None) or "none"
+        have = ", ".join(n for n, _ in module.named_parameters()) or "none"
         raise refuse(
             path,
             name,
@@ -159,28 +195,31 @@ def _hollow(module: nn.Module, name: str, pattern: Pattern, path: str) -> nn.Mod
             f"{type(module).__name__} has no parameter {name!r} (its parameters: {have})",
             "name one of its parameters",
         )
-    check_weight(path, name, param, pattern, max_dim=2)
-    if is_hollow(module):
-        if module._hollow_patterns.get(name) == pattern:
+    check_weight(path, name, param, pattern)
+    held = module.__dict__.get("_hollow_patterns") or {}
+    if name in held:
+        if held[name] == pattern:
             return module
         raise refuse(
             path,
             name,
             param.shape,
-            f"is already hollow with {module._hollow_patterns}",
+            f"is already hollow with {held[name]!r}",
             "call remove() first to change the pattern",
         )
-    if type(module) is not nn.Linear or name != "weight":
+    if type(module) is nn.Linear and name == "weight":
+        module.__dict__["_hollow_patterns"] = {name: pattern}
+        module.__class__ = HollowLinear
+        guard.register(module)
+        guard.zero_stored_(module)
+    elif isinstance(module, HollowLinear):
         raise refuse(
             path,
             name,
             param.shape,
-            f"{type(module).__name__}.{name} is not supported "
-            "(only the weight of an exact nn.Linear)",
-            "replace the layer with torch_hollow.HollowLinear",
+            "HollowLinear holds only its weight",
+            "hold the weight, or wrap this layer in a module and hollow_ that",
         )
-    module.__dict__["_hollow_patterns"] = {name: pattern}
-    module.__class__ = HollowLinear
-    guard.register(module)
-    guard.zero_stored_(module)
+    else:
+        guard.attach(module, name, pattern)
     return module

@@ -8,17 +8,26 @@ steps included; modules also call `zero_stored_` at each eager forward, on load 
 Writes go through ``param.data`` so they never bump the autograd version counter: a graph that
 saved the weight (another model's pending backward, a layer used twice) stays valid, and the values
 written are the zeros the pattern already promises.
+
+For modules whose forward torch-hollow cannot route through its op (`attach`: RNN, attention,
+custom modules), hooks do the same work: a forward pre-hook re-zeroes the stored entries, a
+post-accumulate-grad hook zeroes them in ``param.grad``, and state-dict hooks zero on save and
+load (warning about dropped values).
 """
 
 from __future__ import annotations
 
-__all__ = ["guarded_modules", "register", "unregister", "zero_stored_"]
+__all__ = ["attach", "detach", "guarded_modules", "register", "unregister", "zero_stored_"]
 
+import functools
+import warnings
 import weakref
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .errors import HollowWarning
 from .patterns import Pattern
 
 _GUARDED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -47,38 +56,186 @@ def guarded_modules() -> list[nn.Module]:
 
 def zero_stored_(module: nn.Module) -> None:
     """Write 0.0 into the held entries of every hollow parameter of ``module``."""
-    views = _stored_views(module)
+    views, others = _stored_targets(module)
     if views:
         torch._foreach_zero_(views)
+    for pattern, data in others:
+        pattern.zero_(data)
 
 
 def _after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    views = [v for m in list(_GUARDED) for v in _stored_views(m)]
+    views: list[Tensor] = []
+    for module in list(_GUARDED):
+        more, others = _stored_targets(module)
+        views += more
+        for pattern, data in others:
+            pattern.zero_(data)
     if views:
         torch._foreach_zero_(views)
 
 
-def _stored_views(module: nn.Module) -> list[Tensor]:
+def parameter(module: nn.Module, name: str) -> Tensor | None:
+    """``module``'s parameter at the (possibly dotted) ``name``, or None."""
+    owner, _, leaf = name.rpartition(".")
+    if owner:
+        try:
+            module = module.get_submodule(owner)
+        except AttributeError:
+            return None
+    return module._parameters.get(leaf)
+
+
+_Targets = tuple[list[Tensor], list[tuple[Pattern, Tensor]]]
+
+
+def _stored_targets(module: nn.Module) -> _Targets:
     # Views into each parameter's storage, rebuilt when the storage changes (`.to()`,
     # `param.data = t`, `load_state_dict(assign=True)`): an old view keeps its old storage
     # alive, so an equal data_ptr means the same storage.
-    cache: dict[str, tuple[int, list[Tensor]]] = module.__dict__.setdefault("_hollow_cache", {})
+    cache: dict[str, tuple[int, _Targets]] = module.__dict__.setdefault("_hollow_cache", {})
     views: list[Tensor] = []
+    others: list[tuple[Pattern, Tensor]] = []
     for name, pattern in module._hollow_patterns.items():
-        param = module._parameters.get(name)
+        param = parameter(module, name)
         if param is None:
             continue
         ptr = param.data_ptr()
         hit = cache.get(name)
         if hit is None or hit[0] != ptr:
-            hit = (ptr, _fresh_views(param, pattern))
-            cache[name] = hit
-        views += hit[1]
-    return views
+            hit = cache[name] = (ptr, _fresh_targets(param, pattern))
+        views += hit[1][0]
+        others += hit[1][1]
+    return views, others
 
 
-def _fresh_views(param: Tensor, pattern: Pattern) -> list[Tensor]:
+def _fresh_targets(param: Tensor, pattern: Pattern) -> _Targets:
     data = param.data
     if data.untyped_storage().nbytes() == 0:  # freed (FSDP resharded): nothing to write
-        return []
-    return [v for v in pattern.views(data) if v.numel()]
+        return [], []
+    views = pattern.views(data)
+    if views is None:
+        return [], [(pattern, data)]
+    return [v for v in views if v.numel()], []
+
+
+def dropped(pattern: Pattern, incoming: object) -> tuple[int, float]:
+    """How many held entries of a checkpoint tensor are non-zero, and the largest |value|."""
+    if not isinstance(incoming, Tensor) or pattern.problem(incoming.shape) is not None:
+        return 0, 0.0  # not ours to judge: load_state_dict reports shape mismatches itself
+    return pattern.count_nonzero(incoming), pattern.max_abs(incoming)
+
+
+def warn_dropped(key: str, pattern: Pattern, count: int, largest: float) -> None:
+    """Say that a load set ``count`` non-zero values of ``key`` to 0.0."""
+    warnings.warn(
+        HollowWarning(
+            f"torch_hollow: loading {key!r} set {count} non-zero value(s) on its held entries "
+            f"({pattern!r}) to 0.0; largest |value| dropped: {largest:.6g}. The parameter is "
+            "hollow, so these entries cannot hold values; remove() the constraint first to "
+            "keep them."
+        ),
+        stacklevel=4,
+    )
+
+
+# Hooks for modules whose own forward reads the parameter (attach/detach). They are module-level
+# functions so that deepcopy and pickle carry them along with the module's hook dicts.
+
+
+def attach(module: nn.Module, name: str, pattern: Pattern) -> None:
+    """Hold ``module.<name>`` (dotted names reach into submodules) with hooks."""
+    patterns = module.__dict__.setdefault("_hollow_patterns", {})
+    if not patterns:
+        module.register_forward_pre_hook(_pre_forward)
+        module.register_state_dict_pre_hook(_pre_save)
+        module.register_load_state_dict_pre_hook(_pre_load)
+        module.register_load_state_dict_post_hook(_post_load)
+    patterns[name] = pattern
+    module.__dict__.pop("_hollow_cache", None)
+    _arm(module)
+    zero_stored_(module)
+
+
+def detach(module: nn.Module, name: str) -> None:
+    """Undo `attach` for ``name``; the hooks go with the last name."""
+    patterns = module.__dict__.get("_hollow_patterns", {})
+    patterns.pop(name, None)
+    module.__dict__.pop("_hollow_cache", None)
+    param = parameter(module, name)
+    if param is not None:
+        _drop_grad_hook(param)
+    if patterns:
+        return
+    module.__dict__.pop("_hollow_patterns", None)
+    unregister(module)
+    ours = (_pre_forward, _pre_save, _pre_load, _post_load)
+    for hooks in (
+        module._forward_pre_hooks,
+        module._state_dict_pre_hooks,
+        module._load_state_dict_pre_hooks,
+        module._load_state_dict_post_hooks,
+    ):
+        for key in [k for k, h in hooks.items() if _unwrap(h) in ours]:
+            del hooks[key]
+
+
+def _unwrap(hook: Any) -> Any:
+    return getattr(hook, "hook", hook)  # load pre-hooks are stored wrapped
+
+
+def _arm(module: nn.Module) -> None:
+    # (Re)join the guard and (re)install the gradient hooks: a deepcopy or an unpickled module
+    # has the module hooks but neither the registry entry nor the Parameters' hooks.
+    register(module)
+    for name, pattern in module._hollow_patterns.items():
+        param = parameter(module, name)
+        if param is not None and param.requires_grad and not _has_grad_hook(param):
+            param.register_post_accumulate_grad_hook(functools.partial(_mask_grad, pattern))
+
+
+def _has_grad_hook(param: Tensor) -> bool:
+    hooks = getattr(param, "_post_accumulate_grad_hooks", None) or {}
+    return any(getattr(h, "func", None) is _mask_grad for h in hooks.values())
+
+
+def _drop_grad_hook(param: Tensor) -> None:
+    hooks = getattr(param, "_post_accumulate_grad_hooks", None) or {}
+    for key in [k for k, h in hooks.items() if getattr(h, "func", None) is _mask_grad]:
+        del hooks[key]
+
+
+def _mask_grad(pattern: Pattern, param: Tensor) -> None:
+    if param.grad is not None:
+        pattern.zero_(param.grad)
+
+
+def _pre_forward(module: nn.Module, args: object) -> None:
+    if torch.compiler.is_compiling():
+        if not torch.compiler.is_exporting():
+            with torch.no_grad():
+                for name, pattern in module._hollow_patterns.items():
+                    pattern.zero_(parameter(module, name))
+        return
+    if module not in _GUARDED:
+        _arm(module)
+    zero_stored_(module)
+
+
+def _pre_save(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    zero_stored_(module)
+
+
+def _pre_load(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    module.__dict__["_hollow_loading"] = {
+        prefix + name: (pattern, *dropped(pattern, state_dict.get(prefix + name)))
+        for name, pattern in module._hollow_patterns.items()
+    }
+
+
+def _post_load(module: nn.Module, incompatible_keys: object) -> None:
+    module.__dict__.pop("_hollow_cache", None)
+    _arm(module)  # assign=True may have brought new Parameter objects
+    zero_stored_(module)
+    for key, (pattern, count, largest) in module.__dict__.pop("_hollow_loading", {}).items():
+        if count:
+            warn_dropped(key, pattern, count, largest)

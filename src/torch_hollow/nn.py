@@ -4,14 +4,12 @@ from __future__ import annotations
 
 __all__ = ["HollowLinear"]
 
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import guard
-from .errors import HollowWarning
 from .functional import check_weight, resolve_pattern, stored_linear
 from .patterns import Diagonal, Pattern
 
@@ -118,9 +116,8 @@ class HollowLinear(nn.Linear):
         error_msgs: list[str],
     ) -> None:
         dropped = {
-            name: _dropped(pattern, state_dict[prefix + name])
+            name: guard.dropped(pattern, state_dict.get(prefix + name))
             for name, pattern in self._hollow_patterns.items()
-            if isinstance(state_dict.get(prefix + name), Tensor)
         }
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -128,15 +125,7 @@ class HollowLinear(nn.Linear):
         guard.zero_stored_(self)
         for name, (count, largest) in dropped.items():
             if count:
-                warnings.warn(
-                    HollowWarning(
-                        f"torch_hollow: loading {prefix + name!r} set {count} non-zero "
-                        f"value(s) on its held entries ({self._hollow_patterns[name]!r}) to 0.0; "
-                        f"largest |value| dropped: {largest:.6g}. The layer is hollow, so these "
-                        "entries cannot hold values; remove() the constraint first to keep them."
-                    ),
-                    stacklevel=3,
-                )
+                guard.warn_dropped(prefix + name, self._hollow_patterns[name], count, largest)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern!r}"
@@ -148,9 +137,3 @@ class HollowLinear(nn.Linear):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         guard.register(self)  # deepcopy and unpickling skip __init__
-
-
-def _dropped(pattern: Pattern, incoming: Tensor) -> tuple[int, float]:
-    if pattern.problem(incoming.shape) is not None:
-        return 0, 0.0  # a shape mismatch: load_state_dict reports it itself
-    return pattern.count_nonzero(incoming), pattern.max_abs(incoming)

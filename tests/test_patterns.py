@@ -1,0 +1,255 @@
+"""Patterns: which entries they hold (by index arithmetic), every guarantee with them."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_bitwise_zero, masked
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from torch_hollow import HollowError, HollowLinear, HollowWarning, hollow_
+from torch_hollow.functional import hollow_linear
+from torch_hollow.patterns import BlockDiagonal, Diagonal, Mask, StackedDiagonal
+
+
+def block_mask(row_sizes, col_sizes):
+    """True inside the diagonal blocks, built from cumulative sums."""
+    rows = torch.repeat_interleave(torch.arange(len(row_sizes)), torch.tensor(row_sizes))
+    cols = torch.repeat_interleave(torch.arange(len(col_sizes)), torch.tensor(col_sizes))
+    return rows[:, None] == cols[None, :]
+
+
+def stacked_mask(blocks, size, cols, offset=0):
+    i = torch.arange(blocks * size)[:, None] % size
+    return torch.arange(cols)[None, :] - i == offset
+
+
+def made_masks(features, hidden):
+    """MADE masks as zuko/nflows build them: degrees, then allowed = deg_out >= deg_in."""
+    deg_in = torch.arange(1, features + 1)
+    deg_hidden = torch.arange(hidden) % max(1, features - 1) + 1
+    first = deg_hidden[:, None] >= deg_in[None, :]
+    last = deg_in[:, None] > deg_hidden[None, :]
+    return first, last
+
+
+# (pattern, weight shape, reference held mask)
+CASES = {
+    "diagonal": (Diagonal(1), (6, 6), torch.arange(6)[None, :] - torch.arange(6)[:, None] == 1),
+    "stacked-lstm": (StackedDiagonal(4), (12, 3), stacked_mask(4, 3, 3)),
+    "block-notears": (BlockDiagonal(rows=3, cols=1), (12, 4), block_mask([3] * 4, [1] * 4)),
+    "block-potts": (BlockDiagonal(2), (8, 8), block_mask([2] * 4, [2] * 4)),
+    "block-ragged": (
+        BlockDiagonal((1, 3, 2), (2, 2, 1)),
+        (6, 5),
+        block_mask([1, 3, 2], [2, 2, 1]),
+    ),
+    "mask": (
+        Mask(torch.rand(5, 7, generator=torch.Generator().manual_seed(0)) > 0.4),
+        (5, 7),
+        None,
+    ),
+    "union": (Diagonal(0) | BlockDiagonal(2), (6, 6), block_mask([2] * 3, [2] * 3)),
+}
+
+
+def _case(name):
+    pattern, shape, reference = CASES[name]
+    if reference is None:
+        reference = pattern.held.clone()
+    return pattern, shape, reference
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pattern_holds_exactly_the_reference_entries(name):
+    pattern, shape, reference = _case(name)
+    assert pattern.problem(torch.Size(shape)) is None
+    t = torch.randn(shape) + 5
+    before = t.clone()
+    pattern.zero_(t)
+    assert_bitwise_zero(t, reference)
+    assert torch.equal(t[~reference], before[~reference])
+    assert pattern.count_nonzero(before) == int(reference.sum())
+    assert pattern.max_abs(before) == before[reference].abs().max().item()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pattern_applies_to_batched_weights(name):
+    pattern, shape, reference = _case(name)
+    t = torch.randn(2, 3, *shape) + 5
+    pattern.zero_(t)
+    assert_bitwise_zero(t, reference)
+    assert (t[..., ~reference] != 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=5), st.data())
+def test_block_diagonal_ragged_matches_reference(row_sizes, data):
+    col_sizes = data.draw(
+        st.lists(st.integers(1, 4), min_size=len(row_sizes), max_size=len(row_sizes))
+    )
+    pattern = BlockDiagonal(tuple(row_sizes), tuple(col_sizes))
+    t = torch.ones(sum(row_sizes), sum(col_sizes))
+    pattern.zero_(t)
+    assert torch.equal(t == 0, block_mask(row_sizes, col_sizes))
+
+
+@pytest.mark.parametrize(
+    "pattern,shape,match",
+    [
+        (BlockDiagonal(3), (8, 9), r"blocks of 3x3 do not tile the 8x9 matrix"),
+        (BlockDiagonal((2, 2), (3,)), (4, 3), r"row blocks \[2, 2\] x column blocks \[3\]"),
+        (StackedDiagonal(4), (10, 3), r"10 rows do not split into 4 stacked blocks"),
+        (Mask(torch.ones(3, 3, dtype=torch.bool)), (3, 4), r"the mask has shape \(3, 3\)"),
+        (Diagonal(0), (5,), r"a pattern needs a matrix, this is 1-D"),
+    ],
+)
+def test_patterns_that_do_not_fit_are_clear_errors(pattern, shape, match):
+    with pytest.raises(HollowError, match=match):
+        HollowLinear(shape[-1], shape[0], pattern=pattern) if len(shape) == 2 else hollow_linear(
+            torch.ones(1), torch.ones(shape), pattern=pattern
+        )
+
+
+def test_mask_refuses_non_bool():
+    with pytest.raises(HollowError, match="Mask takes a bool tensor"):
+        Mask(torch.ones(3, 3))
+
+
+OPTIMIZERS = {
+    "AdamW-fused": lambda p: torch.optim.AdamW(p, lr=0.05, fused=True, weight_decay=0.1),
+    "SGD-nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    "LBFGS": lambda p: torch.optim.LBFGS(p, lr=0.5, max_iter=4),
+    "Muon": lambda p: torch.optim.Muon(p, lr=0.05),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(CASES))
+def test_hollow_linear_with_pattern_through_training(name, opt_name, dtype, device):
+    pattern, (out, inp), reference = _case(name)
+    reference = reference.to(device)
+    torch.manual_seed(0)
+    layer = HollowLinear(
+        inp, out, bias=opt_name != "Muon", pattern=pattern, device=device, dtype=dtype
+    )
+    x = torch.randn(9, inp, device=device, dtype=dtype)
+    assert torch.equal(layer(x), F.linear(x, masked(layer.weight, reference), layer.bias))
+    (grad,) = torch.autograd.grad(layer(x).square().sum(), [layer.weight])
+    assert_bitwise_zero(grad, reference)
+    opt = OPTIMIZERS[opt_name](layer.parameters())
+
+    def closure():
+        opt.zero_grad()
+        loss = layer(x).sin().sum()
+        loss.backward()
+        return loss
+
+    for _ in range(8):
+        opt.step(closure)
+        assert_bitwise_zero(layer.weight, reference)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pattern_survives_load_init_copy_pickle(name, device):
+    pattern, (out, inp), reference = _case(name)
+    reference = reference.to(device)
+    layer = HollowLinear(inp, out, pattern=pattern, device=device)
+    sd = {k: torch.ones_like(v) for k, v in layer.state_dict().items()}
+    with pytest.warns(HollowWarning, match=rf"set {int(reference.sum())} non-zero value"):
+        layer.load_state_dict(sd)
+    assert_bitwise_zero(layer.weight, reference)
+    nn.init.normal_(layer.weight)
+    x = torch.randn(2, inp, device=device)
+    w0 = masked(layer.weight, reference)
+    assert torch.equal(layer(x), F.linear(x, w0, layer.bias))
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert twin.pattern == layer.pattern
+        nn.init.ones_(twin.weight)
+        opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+        twin(x).sum().backward()
+        opt.step()
+        assert_bitwise_zero(twin.weight, reference)
+
+
+@pytest.mark.parametrize("name", ["block-notears", "mask", "union"])
+def test_pattern_under_compile_and_export(name, device):
+    pattern, (out, inp), reference = _case(name)
+    reference = reference.to(device)
+    torch._dynamo.reset()
+    layer = HollowLinear(inp, out, pattern=pattern, device=device)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(3, inp, device=device)
+    nn.init.ones_(layer.weight)
+    expected = F.linear(x, masked(layer.weight, reference), layer.bias)
+    y = compiled(x)
+    torch.testing.assert_close(y, expected)
+    y.square().sum().backward()
+    assert_bitwise_zero(layer.weight.grad, reference)
+    program = torch.export.export(layer, (x,))
+    ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert ops == ["aten.linear.default"]
+
+
+def test_functional_with_pattern():
+    pattern, (out, inp), reference = _case("block-ragged")
+    w = torch.randn(out, inp, requires_grad=True)
+    x = torch.randn(4, inp)
+    y = hollow_linear(x, w, pattern=pattern)
+    assert torch.equal(y, F.linear(x, masked(w, reference)))
+    (g,) = torch.autograd.grad(y.sum(), [w])
+    assert_bitwise_zero(g, reference)
+
+
+def test_made_mask_matches_w_times_mask_and_has_autoregressive_jacobian():
+    features, hidden = 5, 12
+    first, last = made_masks(features, hidden)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        HollowLinear(features, hidden, pattern=Mask(first)),
+        nn.Tanh(),
+        HollowLinear(hidden, features, pattern=Mask(last)),
+    )
+    x = torch.randn(7, features)
+    ref = F.linear(
+        torch.tanh(F.linear(x, net[0].weight * first, net[0].bias)),
+        net[2].weight * last,
+        net[2].bias,
+    )
+    assert torch.equal(net(x), ref)
+    assert_bitwise_zero(net[0].weight, ~first)
+    assert_bitwise_zero(net[2].weight, ~last)
+    jac = torch.autograd.functional.jacobian(lambda v: net(v), x[0])
+    adjacency = torch.arange(features)[:, None] > torch.arange(features)[None, :]
+    assert_bitwise_zero(jac, ~adjacency)  # output i depends only on inputs j < i
+    assert (jac[adjacency] != 0).any()
+    opt = torch.optim.AdamW(net.parameters(), lr=0.05)
+    for _ in range(5):
+        opt.zero_grad()
+        net(x).square().sum().backward()
+        opt.step()
+    jac = torch.autograd.functional.jacobian(lambda v: net(v), x[0])
+    assert_bitwise_zero(jac, ~adjacency)
+
+
+def test_mask_is_stored_as_one_byte_per_entry():
+    pattern = Mask(torch.ones(64, 32, dtype=torch.bool))
+    assert pattern.held.dtype == torch.bool and pattern.held.numel() == 64 * 32
+    layer = HollowLinear(32, 64, pattern=pattern)
+    assert [n for n, _ in layer.named_buffers()] == []
+    assert list(layer.state_dict()) == ["weight", "bias"]
+
+
+def test_hollow_with_pattern_on_existing_linear():
+    layer = nn.Linear(4, 8)
+    weight = layer.weight
+    hollow_(layer, pattern=BlockDiagonal(2, 1))
+    assert layer.weight is weight
+    assert_bitwise_zero(layer.weight, block_mask([2] * 4, [1] * 4))
