@@ -5,10 +5,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditRow",
     "HollowError",
     "HollowLinear",
     "HollowWarning",
     "__version__",
+    "audit",
     "convert",
     "hollow_",
     "is_hollow",
@@ -16,6 +18,7 @@ __all__ = [
     "zero_diagonal_",
 ]
 
+from .audit import AuditRow, audit
 from .constrain import convert, hollow_, is_hollow, remove
 from .errors import HollowError, HollowWarning
 from .functional import zero_diagonal_

@@ -1,10 +1,11 @@
-"""The ``torch-hollow`` command: ``demo`` (more subcommands join as they land)."""
+"""The ``torch-hollow`` command: ``demo`` and ``check``."""
 
 from __future__ import annotations
 
 __all__ = ["main"]
 
 import argparse
+import sys
 import time
 
 
@@ -26,6 +27,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .audit import audit, format_audit
+    from .errors import HollowError
+
+    try:
+        rows = audit(args.path, trust_pickle=args.trust_pickle)
+    except HollowError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(format_audit(rows, as_json=args.json))
+    return 1 if any(r.violated for r in rows) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torch-hollow`` console script."""
     parser = argparse.ArgumentParser(prog="torch-hollow", description=__doc__)
@@ -35,5 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--dim", type=int, default=16, help="layer size (default 16)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+    check = sub.add_parser("check", help="audit a checkpoint: exit 1 if a held entry is non-zero")
+    check.add_argument("path", help="a torch.save file (state dict or model) or .safetensors")
+    check.add_argument("--json", action="store_true", help="print JSON rows")
+    check.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a pickled model (torch.load weights_only=False)",
+    )
+    check.set_defaults(run=_check)
     args = parser.parse_args(argv)
     return args.run(args)

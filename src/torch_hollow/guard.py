@@ -125,6 +125,14 @@ def dropped(pattern: Pattern, incoming: object) -> tuple[int, float]:
     return pattern.count_nonzero(incoming), pattern.max_abs(incoming)
 
 
+def record_patterns(module: nn.Module, state_dict: dict, prefix: str) -> None:
+    """Note the held patterns in the state dict's metadata, for `torch_hollow.audit`."""
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        local = metadata.setdefault(prefix[:-1], {})
+        local["hollow"] = {name: p.spec() for name, p in module._hollow_patterns.items()}
+
+
 def warn_dropped(key: str, pattern: Pattern, count: int, largest: float) -> None:
     """Say that a load set ``count`` non-zero values of ``key`` to 0.0."""
     warnings.warn(
@@ -148,6 +156,7 @@ def attach(module: nn.Module, name: str, pattern: Pattern) -> None:
     if not patterns:
         module.register_forward_pre_hook(_pre_forward)
         module.register_state_dict_pre_hook(_pre_save)
+        module.register_state_dict_post_hook(_post_save)
         module.register_load_state_dict_pre_hook(_pre_load)
         module.register_load_state_dict_post_hook(_post_load)
     patterns[name] = pattern
@@ -168,10 +177,11 @@ def detach(module: nn.Module, name: str) -> None:
         return
     module.__dict__.pop("_hollow_patterns", None)
     unregister(module)
-    ours = (_pre_forward, _pre_save, _pre_load, _post_load)
+    ours = (_pre_forward, _pre_save, _post_save, _pre_load, _post_load)
     for hooks in (
         module._forward_pre_hooks,
         module._state_dict_pre_hooks,
+        module._state_dict_hooks,
         module._load_state_dict_pre_hooks,
         module._load_state_dict_post_hooks,
     ):
@@ -223,6 +233,10 @@ def _pre_forward(module: nn.Module, args: object) -> None:
 
 def _pre_save(module: nn.Module, prefix: str, keep_vars: bool) -> None:
     zero_stored_(module)
+
+
+def _post_save(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    local_metadata["hollow"] = {name: p.spec() for name, p in module._hollow_patterns.items()}
 
 
 def _pre_load(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:

@@ -104,6 +104,7 @@ class HollowLinear(nn.Linear):
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         guard.zero_stored_(self)
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        guard.record_patterns(self, destination, prefix)
 
     def _load_from_state_dict(
         self,

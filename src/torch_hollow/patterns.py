@@ -8,10 +8,11 @@ plain matrix and a batch of matrices alike. Closed-form patterns (`Diagonal`, `S
 
 from __future__ import annotations
 
-__all__ = ["BlockDiagonal", "Diagonal", "Mask", "Pattern", "StackedDiagonal", "Union"]
+__all__ = ["BlockDiagonal", "Diagonal", "Mask", "Pattern", "StackedDiagonal", "Union", "from_spec"]
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,6 +60,11 @@ class Pattern:
     def zero_transposed_grad_(self, grad_t: Tensor) -> None:
         """Tensor hook for the gradient of ``weight.t()``: zero its held entries in place."""
         self.zero_(grad_t.mT)
+
+    def spec(self) -> dict[str, Any]:
+        """Plain data describing the pattern (saved in state-dict metadata); see `from_spec`."""
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+        return {"type": type(self).__name__, **fields}
 
     def __or__(self, other: Pattern) -> Pattern:
         if not isinstance(other, Pattern):
@@ -315,6 +321,9 @@ class Mask(Pattern):
     def __repr__(self) -> str:
         return f"Mask(shape={tuple(self.held.shape)}, held={int(self.held.sum())})"
 
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Mask", "held": self.held}
+
     def __getstate__(self) -> dict:
         return {"held": self.held}
 
@@ -337,6 +346,9 @@ class Union(Pattern):
 
     parts: tuple[Pattern, ...]
 
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Union", "parts": [p.spec() for p in self.parts]}
+
     def problem(self, shape: torch.Size) -> tuple[str, str] | None:
         return next((p for p in (q.problem(shape) for q in self.parts) if p is not None), None)
 
@@ -353,3 +365,34 @@ class Union(Pattern):
         free = torch.ones(t.shape, dtype=torch.bool, device=t.device)
         self.zero_(free)  # each held entry once, however many parts hold it
         return t.detach()[~free]
+
+
+def from_spec(spec: dict[str, Any]) -> Pattern:
+    """Rebuild a pattern from `Pattern.spec` data (as found in a checkpoint's metadata).
+
+    Example:
+        >>> from torch_hollow.patterns import BlockDiagonal, from_spec
+        >>> from_spec(BlockDiagonal((1, 2), 1).spec())
+        BlockDiagonal(rows=(1, 2), cols=1)
+    """
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    try:
+        if kind == "Diagonal":
+            return Diagonal(int(spec["offset"]))
+        if kind == "StackedDiagonal":
+            return StackedDiagonal(int(spec["blocks"]), int(spec["offset"]))
+        if kind == "BlockDiagonal":
+            return BlockDiagonal(spec["rows"], spec["cols"])
+        if kind == "Mask":
+            return Mask(~spec["held"])
+        if kind == "Union":
+            return Union(tuple(from_spec(p) for p in spec["parts"]))
+    except (KeyError, TypeError) as err:
+        raise HollowError(
+            f"torch_hollow: a {kind} pattern spec is incomplete: {err}. "
+            "Fix: save it again with this torch-hollow version."
+        ) from None
+    raise HollowError(
+        f"torch_hollow: unknown pattern spec {spec!r:.80}. Fix: upgrade "
+        "torch-hollow to the version that saved the checkpoint."
+    )

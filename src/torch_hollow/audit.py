@@ -1,0 +1,167 @@
+"""audit(): which parameters of a model or checkpoint hold a pattern, and whether it holds."""
+
+from __future__ import annotations
+
+__all__ = ["AuditRow", "audit", "format_audit"]
+
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import HollowError
+from .patterns import Diagonal, Pattern, from_spec
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One 2-D (or batched) floating parameter.
+
+    ``held_max`` is the largest |value| on the pattern's entries, or, for an unconstrained square
+    weight, on its main diagonal (None for other unconstrained weights). ``violated`` is true
+    when a held entry is not 0.0.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow import audit
+        >>> audit({"w": torch.eye(2)})[0]
+        AuditRow(name='w', shape=(2, 2), pattern=None, held_max=1.0, violated=False)
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    pattern: str | None
+    held_max: float | None
+    violated: bool
+
+
+def audit(
+    obj: nn.Module | Mapping[str, object] | str | os.PathLike, *, trust_pickle: bool = False
+) -> list[AuditRow]:
+    """One row per 2-D (or batched) floating parameter of a model, state dict or checkpoint file.
+
+    Patterns come from the hollow modules of a model, or from the metadata torch-hollow writes
+    into every state dict it saves (so a ``torch.save``d state dict remembers them).
+
+    Args:
+        obj: a module, a state dict (or a checkpoint dict holding one under ``"state_dict"`` or
+            ``"model"``), or the path of a ``torch.save`` file or ``.safetensors`` file.
+        trust_pickle: load a pickled model from ``obj`` with ``weights_only=False``. Only for
+            files you trust.
+
+    Returns:
+        Rows in parameter order.
+
+    Raises:
+        HollowError: the file cannot be read as a checkpoint.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow import HollowLinear, audit
+        >>> model = torch.nn.Sequential(HollowLinear(3, 3), torch.nn.Linear(3, 3))
+        >>> [(r.name, r.pattern, r.violated) for r in audit(model.state_dict())]
+        [('0.weight', 'Diagonal(offset=0)', False), ('1.weight', None, False)]
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        obj = _load(Path(obj), trust_pickle)
+    if isinstance(obj, nn.Module):
+        tensors = dict(obj.named_parameters())
+        patterns = {
+            f"{prefix}.{name}" if prefix else name: pattern
+            for prefix, module in obj.named_modules()
+            for name, pattern in (module.__dict__.get("_hollow_patterns") or {}).items()
+        }
+    elif isinstance(obj, Mapping):
+        state = _state_dict_in(obj)
+        tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+        patterns = _patterns_in_metadata(state)
+    else:
+        raise HollowError(
+            f"torch_hollow: audit() takes a module, a state dict or a path, got "
+            f"{type(obj).__name__}. Fix: pass model, model.state_dict() or a file."
+        )
+    return [
+        _row(name, t, patterns.get(name))
+        for name, t in tensors.items()
+        if t.dim() >= 2 and t.is_floating_point()
+    ]
+
+
+def _row(name: str, t: Tensor, pattern: Pattern | None) -> AuditRow:
+    shape = tuple(t.shape)
+    if pattern is None:
+        if shape[-1] != shape[-2]:
+            return AuditRow(name, shape, None, None, False)
+        return AuditRow(name, shape, None, Diagonal(0).max_abs(t), False)
+    count = pattern.count_nonzero(t)
+    return AuditRow(name, shape, repr(pattern), pattern.max_abs(t), count > 0)
+
+
+def _state_dict_in(obj: Mapping[str, object]) -> Mapping[str, object]:
+    if not any(isinstance(v, Tensor) for v in obj.values()):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                return inner
+    return obj
+
+
+def _patterns_in_metadata(state: Mapping[str, object]) -> dict[str, Pattern]:
+    found = {}
+    for prefix, local in (getattr(state, "_metadata", None) or {}).items():
+        for name, spec in (local.get("hollow") or {}).items():
+            found[f"{prefix}.{name}" if prefix else name] = from_spec(spec)
+    return found
+
+
+def _load(path: Path, trust_pickle: bool) -> object:
+    if not path.is_file():
+        raise HollowError(
+            f"torch_hollow: no checkpoint file at {str(path)!r}. Fix: check the path."
+        )
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise HollowError(
+                "torch_hollow: reading .safetensors needs the safetensors package. "
+                "Fix: pip install safetensors."
+            ) from None
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise HollowError(
+            f"torch_hollow: {str(path)!r} is not a plain state dict; torch.load(weights_only="
+            f"True) refused it ({str(err).splitlines()[0][:120]}). Fix: if you trust the file, "
+            "pass trust_pickle=True (torch-hollow check --trust-pickle)."
+        ) from None
+
+
+def format_audit(rows: list[AuditRow], as_json: bool = False) -> str:
+    """The rows as an aligned table, or as JSON."""
+    if as_json:
+        return json.dumps([asdict(r) for r in rows], indent=2)
+    head = ("parameter", "shape", "pattern", "max |held|", "status")
+    body = [
+        (
+            r.name,
+            "x".join(map(str, r.shape)),
+            r.pattern or "-",
+            "-" if r.held_max is None else f"{r.held_max:.3g}",
+            "VIOLATED" if r.violated else ("ok" if r.pattern else "unconstrained"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [head, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
