@@ -1,41 +1,38 @@
-"""Side-by-side timing of torch-hollow against plain ``nn.Linear``.
+"""Side-by-side comparison of the zero-diagonal recipes: time, memory, and whether zeros hold.
 
-Every recipe is timed interleaved with the plain layer, round after round, in one process with
-a fixed thread count; a ratio is taken inside each round (recipe time / plain time of the same
-round) and the median and spread of those ratios are reported, so drift of the machine cancels.
-Memory: parameter + buffer bytes and state-dict bytes of the layer, and the peak memory of one
-training step (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the step's peak resident set
-growth, measured in a fresh subprocess).
+Every recipe is timed interleaved with plain ``nn.Linear``, round after round, in one process
+with a fixed thread count; a ratio is taken inside each round (recipe time / plain time of the
+same round) and the median and half the inter-quartile range of those ratios are reported, so
+drift of the machine cancels. Memory: parameter + buffer bytes and state-dict bytes over plain,
+and the peak memory of one training step (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the
+growth of the resident set over one step, in a fresh subprocess). Correctness: the largest
+|value| on the held entries of what each recipe stores, after training with AdamW (weight decay)
+and with Muon, and of the weight its forward uses.
 """
 
 from __future__ import annotations
 
-__all__ = ["RECIPES", "BenchRow", "bench", "format_rows"]
+__all__ = ["BenchRow", "bench", "format_rows", "plot_rows", "to_json"]
 
 import json
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from .nn import HollowLinear
-
-Builder = Callable[[int, torch.device, torch.dtype], nn.Module]
-
-RECIPES: dict[str, Builder] = {
-    "plain": lambda n, device, dtype: nn.Linear(n, n, device=device, dtype=dtype),
-    "torch-hollow": lambda n, device, dtype: HollowLinear(n, n, device=device, dtype=dtype),
-}
+from .errors import HollowError
+from .patterns import Diagonal
+from .recipes import RECIPES, MaskedLinear, Spec, held_mask, stored_params
 
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One recipe at one (n, batch, mode) point; times in microseconds."""
+    """One recipe at one (n, batch, mode) point; times in microseconds, memory in bytes."""
 
     recipe: str
     n: int
@@ -47,15 +44,18 @@ class BenchRow:
     forward_spread: float  # half the inter-quartile range of those ratios
     step_ratio: float
     step_spread: float
-    state_bytes: int  # parameters + buffers + tensor attributes
-    state_dict_bytes: int
-    peak_step_bytes: int  # peak memory growth during one training step
+    extra_state_bytes: int  # parameters + buffers + tensor attributes, over plain
+    extra_state_dict_bytes: int
+    peak_step_bytes: int  # peak memory growth during one training step (-1: not measured)
+    stored_adamw: float  # max |held entries| of the stored weight after AdamW steps
+    stored_muon: float  # ... after Muon steps (NaN: Muon cannot train this weight)
+    forward_muon: float  # ... of the weight the forward uses, after Muon steps
 
 
 def _state_bytes(module: nn.Module) -> int:
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     for m in module.modules():
-        tensors.update({id(v): v for v in vars(m).values() if isinstance(v, torch.Tensor)})
+        tensors.update({id(v): v for v in vars(m).values() if isinstance(v, Tensor)})
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -64,22 +64,15 @@ def _state_dict_bytes(module: nn.Module) -> int:
 
 
 class _Case:
-    """A model, its optimizer and inputs, with forward-only and train-step callables."""
+    """A recipe's module, its optimizer and inputs: forward-only and train-step callables."""
 
-    def __init__(
-        self,
-        recipe: str,
-        n: int,
-        batch: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        compiled: bool,
-    ) -> None:
+    def __init__(self, recipe: str, spec: Spec, batch: int, compiled: bool) -> None:
         torch.manual_seed(0)
-        self.module = RECIPES[recipe](n, device, dtype)
+        self.module = RECIPES[recipe](spec)
         self.run = torch.compile(self.module) if compiled else self.module
         self.opt = torch.optim.SGD(self.module.parameters(), lr=1e-4)
-        self.x = torch.randn(batch, n, device=device, dtype=dtype)
+        shape = (spec.groups, batch, spec.n) if spec.groups else (batch, spec.n)
+        self.x = torch.randn(shape, device=spec.device, dtype=spec.dtype)
 
     def forward(self) -> None:
         with torch.no_grad():
@@ -102,140 +95,212 @@ def _timed(fn: Callable[[], None], iters: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters * 1e6
 
 
-def _iters_for(fn: Callable[[], None], device: torch.device, budget_s: float) -> int:
-    one = _timed(fn, 3, device) * 1e-6
-    return max(1, int(budget_s / max(one, 1e-7)))
-
-
-def _peak_step_bytes(
-    recipe: str, n: int, batch: int, device: torch.device, dtype: torch.dtype, compiled: bool
-) -> int:
-    if device.type == "cuda":
-        case = _Case(recipe, n, batch, device, dtype, compiled)
+def _peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int:
+    if spec.device.type == "cuda":
+        case = _Case(recipe, spec, batch, compiled)
         case.step()
         case.opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(spec.device)
+        base = torch.cuda.memory_allocated(spec.device)
         case.step()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(device) - base
+        return torch.cuda.max_memory_allocated(spec.device) - base
+    if spec.pattern != Diagonal(0):
+        return -1  # the subprocess below rebuilds diagonal specs only
     # CPU: the growth of the resident set over one step, in a fresh process so that nothing
     # measured before raises the high-water mark.
     code = (
         "import resource, torch\n"
         "from torch_hollow.bench import _Case\n"
+        "from torch_hollow.recipes import Spec\n"
         "def rss():\n"
         "    with open('/proc/self/statm') as f:\n"
         "        return int(f.read().split()[1]) * resource.getpagesize()\n"
-        f"case = _Case({recipe!r}, {n}, {batch}, torch.device('cpu'), {dtype}, {compiled})\n"
+        f"spec = Spec({spec.n}, torch.device('cpu'), {spec.dtype}, groups={spec.groups})\n"
+        f"case = _Case({recipe!r}, spec, {batch}, {compiled})\n"
         "case.step(); case.opt.zero_grad(set_to_none=True)\n"
         "base = rss()\n"
         "case.step()\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900
     )
     return max(0, int(done.stdout.strip().splitlines()[-1]))
 
 
+def _held_max(t: Tensor, mask: Tensor) -> float:
+    values = t.detach()[..., mask] if mask.dim() == 2 else t.detach()[mask]
+    return values.abs().max().item() if values.numel() else 0.0
+
+
+def _correctness(recipe: str, spec: Spec, steps: int) -> tuple[float, float, float]:
+    """max |held| of the stored weight after AdamW and after Muon, and of the forward's weight."""
+    out = []
+    for make in (
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+        lambda p: torch.optim.Muon(p, lr=1e-2),
+    ):
+        torch.manual_seed(1)
+        module = RECIPES[recipe](spec)
+        stored = stored_params(module)
+        mask = held_mask(spec.pattern, tuple(stored.shape), spec.device)
+        if stored.dim() != 2 and make is not None and len(out) == 1:
+            return out[0], float("nan"), float("nan")  # Muon takes 2-D parameters only
+        opt = make([stored])
+        shape = (spec.groups, 8, spec.n) if spec.groups else (8, spec.n)
+        x = torch.randn(shape, device=spec.device, dtype=spec.dtype)
+        for _ in range(steps):
+            opt.zero_grad()
+            module(x).float().square().mean().backward()
+            opt.step()
+        out.append(_held_max(stored, mask))
+        module(x)  # refresh what the forward uses (prune recomputes it in a pre-hook)
+    used = module.inner.weight * module.mask if isinstance(module, MaskedLinear) else module.weight
+    return out[0], out[1], _held_max(used, mask)
+
+
+def _check_options(device: str, dtype: torch.dtype, recipes: Sequence[str]) -> torch.device:
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise HollowError(
+            f"torch_hollow: unknown recipe(s) {unknown}. Fix: choose from {list(RECIPES)}."
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HollowError(
+            "torch_hollow: --device cuda asked for, but torch.cuda.is_available() "
+            "is False. Fix: run on a machine with a GPU, or use --device cpu."
+        )
+    try:
+        a = torch.ones(4, 4, device=dev, dtype=dtype, requires_grad=True)
+        (a @ a).sum().backward()
+    except RuntimeError as err:
+        raise HollowError(
+            f"torch_hollow: {dtype} matrix products do not run on {dev} "
+            f"({str(err).splitlines()[0][:100]}). Fix: pick another --dtype."
+        ) from None
+    return dev
+
+
 def bench(
-    recipes: list[str] | None = None,
-    sizes: tuple[int, ...] = (256, 1024),
-    batches: tuple[int, ...] = (1, 8, 512),
-    points: list[tuple[int, int]] | None = None,
+    recipes: Sequence[str] | None = None,
+    sizes: Sequence[int] = (256, 1024),
+    batches: Sequence[int] = (1, 8, 512),
+    points: Sequence[tuple[int, int]] | None = None,
     *,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
-    modes: tuple[str, ...] = ("eager",),
+    modes: Sequence[str] = ("eager",),
+    spec: Spec | None = None,
     threads: int = 2,
     rounds: int = 15,
     round_s: float = 0.05,
     memory: bool = True,
+    steps: int = 20,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
-    """Time ``recipes`` against ``plain`` on each (n, batch) point and mode.
+    """Time ``recipes`` against ``plain`` at each (n, batch) point and mode, side by side.
 
     Args:
-        recipes: names in `RECIPES` (``plain`` is always included as the reference).
-        sizes: layer sizes n (an n x n layer).
+        recipes: names from `torch_hollow.recipes.RECIPES`; ``plain`` is always the reference.
+        sizes: layer sizes n (an n x n weight).
         batches: batch sizes; the grid is ``sizes x batches`` unless ``points`` is given.
         points: explicit (n, batch) pairs.
         device: ``cpu`` or ``cuda``.
         dtype: parameter and input dtype.
-        modes: ``eager`` and/or ``compiled`` (``torch.compile`` of the layer).
+        modes: ``eager`` and/or ``compiled`` (``torch.compile`` of the module).
+        spec: pattern and batching to use (its ``n``, device and dtype are overridden).
         threads: ``torch.set_num_threads`` for the run.
         rounds: interleaved rounds per point.
         round_s: seconds per recipe per round.
-        memory: also measure the peak memory of a training step.
+        memory: also measure the peak memory of one training step.
+        steps: optimizer steps for the correctness columns (0: skip them).
         progress: called with a line of text as each point starts.
 
     Returns:
         One row per recipe, point and mode (``plain`` included, ratio 1.0).
 
+    Raises:
+        HollowError: an unknown recipe, no CUDA, or a dtype the device cannot multiply.
+
     Example:
         >>> rows = bench(["torch-hollow"], points=[(16, 2)], rounds=2, round_s=0.001,
-        ...              memory=False)
-        >>> [(r.recipe, r.state_bytes == rows[0].state_bytes) for r in rows]
-        [('plain', True), ('torch-hollow', True)]
+        ...              memory=False, steps=3)
+        >>> [(r.recipe, r.extra_state_bytes, r.stored_muon == 0.0) for r in rows]
+        [('plain', 0, False), ('torch-hollow', 0, True)]
     """
-    torch.set_num_threads(threads)
-    dev = torch.device(device)
     names = ["plain", *[r for r in (recipes or list(RECIPES)) if r != "plain"]]
-    grid = points or [(n, b) for n in sizes for b in batches]
-    rows = []
+    dev = _check_options(device, dtype, names)
+    torch.set_num_threads(threads)
+    grid = list(points or [(n, b) for n in sizes for b in batches])
+    rows: list[BenchRow] = []
+    total, start = len(grid) * len(modes), time.perf_counter()
     for mode in modes:
         for n, batch in grid:
             if progress:
-                progress(f"{mode} n={n} batch={batch}")
-            cases = {r: _Case(r, n, batch, dev, dtype, mode == "compiled") for r in names}
-            for case in cases.values():  # warm-up (and compilation)
-                for _ in range(3):
-                    case.step()
-                    case.forward()
-            rows += _measure(cases, n, batch, mode, dev, dtype, rounds, round_s, memory)
+                done = len(rows) // len(names)
+                progress(
+                    f"[{done + 1}/{total}] {mode} n={n} batch={batch} "
+                    f"({time.perf_counter() - start:.0f} s)"
+                )
+            point = replace(spec or Spec(n), n=n, device=dev, dtype=dtype)
+            rows += _measure(names, point, batch, mode, rounds, round_s, memory, steps)
     return rows
 
 
 def _measure(
-    cases: dict[str, _Case],
-    n: int,
+    names: list[str],
+    spec: Spec,
     batch: int,
     mode: str,
-    dev: torch.device,
-    dtype: torch.dtype,
     rounds: int,
     round_s: float,
     memory: bool,
+    steps: int,
 ) -> list[BenchRow]:
-    timings: dict[str, dict[str, list[float]]] = {r: {"forward": [], "step": []} for r in cases}
+    cases = {r: _Case(r, spec, batch, mode == "compiled") for r in names}
+    for case in cases.values():  # warm-up (and compilation)
+        for _ in range(3):
+            case.step()
+            case.forward()
+    times: dict[tuple[str, str], list[float]] = {}
     for kind in ("forward", "step"):
-        iters = {r: _iters_for(getattr(c, kind), dev, round_s) for r, c in cases.items()}
+        iters = {
+            r: max(1, int(round_s / max(_timed(getattr(c, kind), 3, spec.device) * 1e-6, 1e-7)))
+            for r, c in cases.items()
+        }
         for _ in range(rounds):
             for r, c in cases.items():
-                timings[r][kind].append(_timed(getattr(c, kind), iters[r], dev))
+                times.setdefault((r, kind), []).append(
+                    _timed(getattr(c, kind), iters[r], spec.device)
+                )
+    plain = cases["plain"].module
     rows = []
     for r, case in cases.items():
-        fwd = _ratios(timings[r]["forward"], timings["plain"]["forward"])
-        stp = _ratios(timings[r]["step"], timings["plain"]["step"])
+        fwd = _ratios(times[r, "forward"], times["plain", "forward"])
+        stp = _ratios(times[r, "step"], times["plain", "step"])
+        checks = _correctness(r, spec, steps) if steps else (float("nan"),) * 3
+        peak = _peak_step_bytes(r, spec, batch, mode == "compiled") if memory else -1
         rows.append(
             BenchRow(
                 recipe=r,
-                n=n,
+                n=spec.n,
                 batch=batch,
                 mode=mode,
-                forward_us=statistics.median(timings[r]["forward"]),
-                step_us=statistics.median(timings[r]["step"]),
+                forward_us=statistics.median(times[r, "forward"]),
+                step_us=statistics.median(times[r, "step"]),
                 forward_ratio=fwd[0],
                 forward_spread=fwd[1],
                 step_ratio=stp[0],
                 step_spread=stp[1],
-                state_bytes=_state_bytes(case.module),
-                state_dict_bytes=_state_dict_bytes(case.module),
-                peak_step_bytes=_peak_step_bytes(r, n, batch, dev, dtype, mode == "compiled")
-                if memory
-                else -1,
+                extra_state_bytes=_state_bytes(case.module) - _state_bytes(plain),
+                extra_state_dict_bytes=_state_dict_bytes(case.module) - _state_dict_bytes(plain),
+                peak_step_bytes=peak,
+                stored_adamw=checks[0],
+                stored_muon=checks[1],
+                forward_muon=checks[2],
             )
         )
     return rows
@@ -249,6 +314,10 @@ def _ratios(mine: list[float], plain: list[float]) -> tuple[float, float]:
     return statistics.median(ratios), (q[2] - q[0]) / 2
 
 
+def _g(x: float) -> str:
+    return "n/a" if x != x else f"{x:.3g}"
+
+
 def format_rows(rows: list[BenchRow]) -> str:
     """A markdown table of ``rows``."""
     head = (
@@ -256,13 +325,15 @@ def format_rows(rows: list[BenchRow]) -> str:
         "n",
         "batch",
         "recipe",
-        "fwd us",
         "fwd ratio",
-        "step us",
         "step ratio",
-        "state MiB",
-        "state_dict MiB",
+        "step us",
+        "+state MiB",
+        "+state_dict MiB",
         "peak step MiB",
+        "stored AdamW",
+        "stored Muon",
+        "forward Muon",
     )
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     mib = 2.0**20
@@ -276,13 +347,15 @@ def format_rows(rows: list[BenchRow]) -> str:
                     str(r.n),
                     str(r.batch),
                     r.recipe,
-                    f"{r.forward_us:.1f}",
                     f"{r.forward_ratio:.3f} ± {r.forward_spread:.3f}",
-                    f"{r.step_us:.1f}",
                     f"{r.step_ratio:.3f} ± {r.step_spread:.3f}",
-                    f"{r.state_bytes / mib:.2f}",
-                    f"{r.state_dict_bytes / mib:.2f}",
+                    f"{r.step_us:.1f}",
+                    f"{r.extra_state_bytes / mib:.2f}",
+                    f"{r.extra_state_dict_bytes / mib:.2f}",
                     peak,
+                    _g(r.stored_adamw),
+                    _g(r.stored_muon),
+                    _g(r.forward_muon),
                 ]
             )
             + " |"
@@ -293,3 +366,48 @@ def format_rows(rows: list[BenchRow]) -> str:
 def to_json(rows: list[BenchRow]) -> str:
     """The rows as JSON (a list of objects)."""
     return json.dumps([asdict(r) for r in rows], indent=2)
+
+
+def plot_rows(rows: list[BenchRow], path: str) -> None:
+    """Grouped bars of the forward and step ratios, one group per (mode, n, batch) point.
+
+    Needs matplotlib (``pip install 'torch-hollow[plot]'``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise HollowError(
+            "torch_hollow: --plot needs matplotlib. Fix: pip install "
+            "'torch-hollow[plot]' (or matplotlib)."
+        ) from None
+    points = list(dict.fromkeys((r.mode, r.n, r.batch) for r in rows))
+    recipes = list(dict.fromkeys(r.recipe for r in rows))
+    by = {(r.mode, r.n, r.batch, r.recipe): r for r in rows}
+    fig, axes = plt.subplots(
+        2, 1, figsize=(max(6, 1.6 * len(points) * len(recipes) / 3), 7), sharex=True
+    )
+    width = 0.8 / len(recipes)
+    for ax, kind in zip(axes, ("forward", "step"), strict=True):
+        for i, recipe in enumerate(recipes):
+            xs = [j + i * width for j in range(len(points))]
+            rs = [by[(*p, recipe)] for p in points]
+            ax.bar(
+                xs,
+                [getattr(r, f"{kind}_ratio") for r in rs],
+                width,
+                yerr=[getattr(r, f"{kind}_spread") for r in rs],
+                label=recipe,
+            )
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_ylabel(f"{kind} time / plain")
+    axes[1].set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(points))],
+        [f"{m}\nn={n} b={b}" for m, n, b in points],
+    )
+    axes[0].legend(ncol=min(len(recipes), 6), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

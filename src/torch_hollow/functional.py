@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = ["hollow_linear", "zero_diagonal_"]
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -162,7 +164,7 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
     if not (weight.requires_grad and torch.is_grad_enabled()):
         return F.linear(input, weight, bias)
     wt = weight.t()
-    wt.register_hook(pattern.zero_transposed_grad_)
+    _hook(wt, pattern.zero_transposed_grad_)
     if input.dim() == 2 and bias is not None:
         return torch.addmm(bias, input, wt)
     # F.linear's own split: fold a contiguous N-D input into one addmm, else matmul then add.
@@ -171,6 +173,17 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
         return out.view(*input.shape[:-1], out.shape[-1])
     out = torch.matmul(input, wt)
     return out if bias is None else out + bias
+
+
+def _hook(t: Tensor, fn: Callable[[Tensor], None]) -> None:
+    # What Tensor.register_hook does, minus the RemovableHandle (a hook on a fresh view is never
+    # removed): 1.7 us instead of 10 us on the CI machine, paid on every eager forward.
+    register = getattr(t.grad_fn, "_register_hook_dict", None)
+    if register is None:  # a torch without these internals
+        t.register_hook(fn)
+        return
+    t._backward_hooks = {0: fn}
+    register(t)
 
 
 class _MaskedGradLinear(torch.autograd.Function):

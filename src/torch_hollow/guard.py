@@ -32,12 +32,17 @@ from .patterns import Pattern
 
 _GUARDED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _step_hook: object = None
+_epoch = 0  # bumped by every (re)registration: the per-optimizer lists below go stale
+_BY_OPTIMIZER: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[tuple, list]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def register(module: nn.Module) -> None:
     """Guard ``module``: its ``_hollow_patterns`` are re-zeroed after every optimizer step."""
-    global _step_hook
+    global _step_hook, _epoch
     _GUARDED.add(module)
+    _epoch += 1
     if _step_hook is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -46,7 +51,9 @@ def register(module: nn.Module) -> None:
 
 def unregister(module: nn.Module) -> None:
     """Stop guarding ``module``."""
+    global _epoch
     _GUARDED.discard(module)
+    _epoch += 1
 
 
 def guarded_modules() -> list[nn.Module]:
@@ -65,13 +72,30 @@ def zero_stored_(module: nn.Module) -> None:
 
 def _after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
     views: list[Tensor] = []
-    for module in list(_GUARDED):
+    for module in _stepped_modules(optimizer):
         more, others = _stored_targets(module)
         views += more
         for pattern, data in others:
             pattern.zero_(data)
     if views:
         torch._foreach_zero_(views)
+
+
+def _stepped_modules(optimizer: torch.optim.Optimizer) -> list[nn.Module]:
+    # The guarded modules with a held parameter in this optimizer, cached per optimizer until
+    # its param groups or the registry change; an optimizer of plain layers pays ~1 us.
+    groups = optimizer.param_groups
+    key = (_epoch, *[(id(g["params"]), len(g["params"])) for g in groups])
+    hit = _BY_OPTIMIZER.get(optimizer)
+    if hit is None or hit[0] != key:
+        ids = {id(p) for g in groups for p in g["params"]}
+        found = [
+            m
+            for m in list(_GUARDED)
+            if any(id(parameter(m, name)) in ids for name in m._hollow_patterns)
+        ]
+        hit = _BY_OPTIMIZER[optimizer] = (key, [weakref.ref(m) for m in found])
+    return [m for m in (ref() for ref in hit[1]) if m is not None]
 
 
 def parameter(module: nn.Module, name: str) -> Tensor | None:

@@ -123,6 +123,7 @@ class HollowLinear(nn.Linear):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        guard.register(self)  # assign=True may have brought new Parameter objects
         guard.zero_stored_(self)
         for name, (count, largest) in dropped.items():
             if count:
