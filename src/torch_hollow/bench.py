@@ -108,21 +108,23 @@ def _peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int
         return torch.cuda.max_memory_allocated(spec.device) - base
     if spec.pattern != Diagonal(0):
         return -1  # the subprocess below rebuilds diagonal specs only
-    # CPU: the growth of the resident set over one step, in a fresh process so that nothing
-    # measured before raises the high-water mark.
+    # CPU (Linux): the growth of the resident set over one step, in a fresh process, with the
+    # high-water mark reset after a warm-up step (/proc/self/clear_refs).
     code = (
-        "import resource, torch\n"
+        "import re, torch\n"
         "from torch_hollow.bench import _Case\n"
         "from torch_hollow.recipes import Spec\n"
-        "def rss():\n"
-        "    with open('/proc/self/statm') as f:\n"
-        "        return int(f.read().split()[1]) * resource.getpagesize()\n"
+        "def kib(field):\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return int(re.search(field + r':\\s+(\\d+)', f.read()).group(1))\n"
         f"spec = Spec({spec.n}, torch.device('cpu'), {spec.dtype}, groups={spec.groups})\n"
         f"case = _Case({recipe!r}, spec, {batch}, {compiled})\n"
         "case.step(); case.opt.zero_grad(set_to_none=True)\n"
-        "base = rss()\n"
+        "base = kib('VmRSS')\n"
+        "with open('/proc/self/clear_refs', 'w') as f:\n"
+        "    f.write('5')\n"
         "case.step()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)\n"
+        "print((kib('VmHWM') - base) * 1024)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900
@@ -387,7 +389,7 @@ def plot_rows(rows: list[BenchRow], path: str) -> None:
     recipes = list(dict.fromkeys(r.recipe for r in rows))
     by = {(r.mode, r.n, r.batch, r.recipe): r for r in rows}
     fig, axes = plt.subplots(
-        2, 1, figsize=(max(6, 1.6 * len(points) * len(recipes) / 3), 7), sharex=True
+        2, 1, figsize=(max(8, 0.5 * len(points) * len(recipes)), 7), sharex=True
     )
     width = 0.8 / len(recipes)
     for ax, kind in zip(axes, ("forward", "step"), strict=True):
@@ -407,7 +409,7 @@ def plot_rows(rows: list[BenchRow], path: str) -> None:
         [j + 0.4 - width / 2 for j in range(len(points))],
         [f"{m}\nn={n} b={b}" for m, n, b in points],
     )
-    axes[0].legend(ncol=min(len(recipes), 6), fontsize=8)
+    axes[0].legend(ncol=3, fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""The ``torch-hollow`` command: ``demo`` and ``check``."""
+"""The ``torch-hollow`` command: ``demo``, ``bench`` and ``check``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,51 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if any(r.violated for r in rows) else 0
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from .bench import bench, format_rows, plot_rows, to_json
+    from .errors import HollowError
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    try:
+        rows = bench(
+            args.recipes.split(",") if args.recipes else None,
+            sizes=_ints(args.sizes),
+            batches=_ints(args.batches),
+            device=args.device,
+            dtype=dtype[args.dtype],
+            modes=("eager", "compiled") if args.compile else ("eager",),
+            threads=args.threads,
+            rounds=args.rounds,
+            memory=not args.no_memory,
+            steps=args.steps,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        if args.plot:
+            plot_rows(rows, args.plot)
+    except HollowError as err:
+        print(err, file=sys.stderr)
+        return 2
+    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
+    print(
+        f"torch {torch.__version__}, {args.device} ({where}), {args.dtype}, "
+        f"{args.threads} threads, SGD step; ratios: median ± half IQR over "
+        f"{args.rounds} interleaved rounds\n"
+    )
+    print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torch-hollow`` console script."""
     parser = argparse.ArgumentParser(prog="torch-hollow", description=__doc__)
@@ -58,5 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         help="allow a pickled model (torch.load weights_only=False)",
     )
     check.set_defaults(run=_check)
+    bench = sub.add_parser("bench", help="time and check the zero-diagonal recipes side by side")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
+    bench.add_argument("--sizes", default="256,1024", help="layer sizes n, comma-separated")
+    bench.add_argument("--batches", default="1,8,512", help="batch sizes, comma-separated")
+    bench.add_argument("--recipes", help="comma-separated subset (default: all)")
+    bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    bench.add_argument("--steps", type=int, default=20, help="steps for the correctness columns")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    bench.add_argument("--plot", metavar="PATH.png", help="grouped bars of the ratios")
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)

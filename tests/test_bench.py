@@ -1,0 +1,119 @@
+"""torch-hollow bench end to end on a tiny grid: structure and the correctness column only."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from torch_hollow import HollowError
+from torch_hollow.bench import bench, format_rows
+from torch_hollow.cli import main
+from torch_hollow.patterns import BlockDiagonal
+from torch_hollow.recipes import RECIPES, Spec
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return bench(points=[(16, 3)], rounds=2, round_s=0.001, memory=False, steps=5)
+
+
+def test_every_recipe_has_a_row_with_ratios(rows):
+    assert [r.recipe for r in rows] == list(RECIPES)
+    plain = rows[0]
+    assert plain.forward_ratio == 1.0 and plain.step_ratio == 1.0
+    for r in rows:
+        assert r.forward_us > 0 and r.step_us > 0 and r.step_ratio > 0
+        assert r.mode == "eager" and (r.n, r.batch) == (16, 3)
+
+
+def test_correctness_column_tells_the_recipes_apart(rows):
+    by = {r.recipe: r for r in rows}
+    hollow = by["torch-hollow"]
+    assert (hollow.stored_adamw, hollow.stored_muon, hollow.forward_muon) == (0.0, 0.0, 0.0)
+    assert by["plain"].stored_adamw > 0
+    for name in ("W*mask", "parametrize", "prune"):  # raw values kept under the mask
+        assert by[name].stored_adamw > 0 and by[name].forward_muon == 0.0
+    assert by["grad-hook"].stored_adamw == 0.0 and by["grad-hook"].stored_muon > 0
+
+
+def test_memory_columns(rows):
+    by = {r.recipe: r for r in rows}
+    assert by["torch-hollow"].extra_state_bytes == 0
+    assert by["torch-hollow"].extra_state_dict_bytes == 0
+    assert by["prune"].extra_state_dict_bytes > 0  # weight_orig and weight_mask
+    assert "| eager | 16 | 3 | torch-hollow |" in format_rows(rows)
+
+
+def test_peak_memory_of_a_step_shows_no_extra_weight_copy():
+    rows = bench(
+        ["torch-hollow", "parametrize"], points=[(512, 2)], rounds=1, round_s=0.001, steps=0
+    )
+    peak = {r.recipe: r.peak_step_bytes for r in rows}
+    weight = 512 * 512 * 4
+    assert peak["torch-hollow"] < peak["plain"] + weight / 2
+    assert peak["parametrize"] > peak["plain"] + weight / 2
+    assert math.isnan(rows[0].stored_adamw)
+
+
+def test_batched_pattern_spec():
+    rows = bench(
+        ["torch-hollow", "W*mask"],
+        points=[(8, 2)],
+        rounds=1,
+        round_s=0.001,
+        memory=False,
+        steps=3,
+        spec=Spec(8, pattern=BlockDiagonal(2), groups=3),
+    )
+    by = {r.recipe: r for r in rows}
+    assert by["torch-hollow"].stored_adamw == 0.0
+    assert math.isnan(by["torch-hollow"].stored_muon)  # Muon takes 2-D parameters only
+
+
+def test_cli_bench_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "rows.json", tmp_path / "ratios.png"
+    code = main(
+        [
+            "bench",
+            "--sizes",
+            "8",
+            "--batches",
+            "2",
+            "--rounds",
+            "2",
+            "--steps",
+            "2",
+            "--no-memory",
+            "--recipes",
+            "torch-hollow,grad-hook",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr()
+    assert "| eager | 8 | 2 | grad-hook |" in text.out and "[1/1]" in text.err
+    assert [r["recipe"] for r in json.loads(out.read_text())] == [
+        "plain",
+        "torch-hollow",
+        "grad-hook",
+    ]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bench_refuses_what_it_cannot_honour(capsys):
+    assert main(["bench", "--recipes", "magic"]) == 2
+    assert "unknown recipe" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda"]) == 2
+        assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_bench_errors_are_hollow_errors():
+    with pytest.raises(HollowError, match="unknown recipe"):
+        bench(["nope"], points=[(4, 1)])
