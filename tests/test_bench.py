@@ -49,7 +49,7 @@ def test_memory_columns(rows):
 
 def test_peak_memory_of_a_step_shows_no_extra_weight_copy():
     rows = bench(
-        ["torch-hollow", "parametrize"], points=[(512, 2)], rounds=1, round_s=0.001, steps=0
+        ["torch-hollow", "parametrize"], points=[(1024, 2)], rounds=1, round_s=0.001, steps=0
     )
     peak = {r.recipe: r.peak_step_bytes for r in rows}
     weight = 1024 * 1024 * 4

@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = ["BenchRow", "bench", "format_rows", "plot_rows", "to_json"]
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -109,7 +110,8 @@ def _peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int
     if spec.pattern != Diagonal(0):
         return -1  # the subprocess below rebuilds diagonal specs only
     # CPU (Linux): the growth of the resident set over one step, in a fresh process, with the
-    # high-water mark reset after a warm-up step (/proc/self/clear_refs).
+    # high-water mark reset after a warm-up step (/proc/self/clear_refs). A fixed mmap threshold
+    # makes glibc return every large block on free, so the resident set tracks live tensors.
     code = (
         "import re, torch\n"
         "from torch_hollow.bench import _Case\n"
@@ -126,8 +128,14 @@ def _peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int
         "case.step()\n"
         "print((kib('VmHWM') - base) * 1024)\n"
     )
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+        env=env,
     )
     return max(0, int(done.stdout.strip().splitlines()[-1]))
 
