@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = ["hollow_linear", "zero_diagonal_"]
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import shards
 from .errors import HollowError, refuse
 from .patterns import Diagonal, Pattern
 
@@ -91,7 +93,7 @@ def zero_diagonal_(tensor: Tensor, offset: int = 0) -> Tensor:
     pattern = Diagonal(offset)
     check_weight("", "tensor", tensor, pattern, floating=False)
     with torch.no_grad():
-        pattern.zero_(tensor)
+        shards.zero_(tensor, pattern)
     return tensor
 
 
@@ -164,7 +166,10 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
     if not (weight.requires_grad and torch.is_grad_enabled()):
         return F.linear(input, weight, bias)
     wt = weight.t()
-    _hook(wt, pattern.zero_transposed_grad_)
+    if shards.is_dtensor(wt):  # tensor parallel: the gradient is sharded too
+        _hook(wt, functools.partial(shards.zero_transposed_grad_, pattern))
+    else:
+        _hook(wt, pattern.zero_transposed_grad_)
     if input.dim() == 2 and bias is not None:
         return torch.addmm(bias, input, wt)
     # F.linear's own split: fold a contiguous N-D input into one addmm, else matmul then add.

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import shards
 from .errors import HollowWarning
 from .patterns import Pattern
 
@@ -123,7 +124,7 @@ def _stored_targets(module: nn.Module) -> _Targets:
         param = parameter(module, name)
         if param is None:
             continue
-        ptr = param.data_ptr()
+        ptr = (param._local_tensor if shards.is_dtensor(param) else param).data_ptr()
         hit = cache.get(name)
         if hit is None or hit[0] != ptr:
             hit = cache[name] = (ptr, _fresh_targets(param, pattern))
@@ -134,6 +135,10 @@ def _stored_targets(module: nn.Module) -> _Targets:
 
 def _fresh_targets(param: Tensor, pattern: Pattern) -> _Targets:
     data = param.data
+    if shards.is_dtensor(data):
+        if data._local_tensor.untyped_storage().nbytes() == 0:
+            return [], []
+        return shards.local_targets(data, pattern)
     if data.untyped_storage().nbytes() == 0:  # freed (FSDP resharded): nothing to write
         return [], []
     views = pattern.views(data)
@@ -146,7 +151,8 @@ def dropped(pattern: Pattern, incoming: object) -> tuple[int, float]:
     """How many held entries of a checkpoint tensor are non-zero, and the largest |value|."""
     if not isinstance(incoming, Tensor) or pattern.problem(incoming.shape) is not None:
         return 0, 0.0  # not ours to judge: load_state_dict reports shape mismatches itself
-    return pattern.count_nonzero(incoming), pattern.max_abs(incoming)
+    values = shards.read(incoming)
+    return pattern.count_nonzero(values), pattern.max_abs(values)
 
 
 def record_patterns(module: nn.Module, state_dict: dict, prefix: str) -> None:
@@ -240,7 +246,7 @@ def _drop_grad_hook(param: Tensor) -> None:
 
 def _mask_grad(pattern: Pattern, param: Tensor) -> None:
     if param.grad is not None:
-        pattern.zero_(param.grad)
+        shards.zero_(param.grad, pattern)
 
 
 def _pre_forward(module: nn.Module, args: object) -> None:
@@ -248,7 +254,7 @@ def _pre_forward(module: nn.Module, args: object) -> None:
         if not torch.compiler.is_exporting():
             with torch.no_grad():
                 for name, pattern in module._hollow_patterns.items():
-                    pattern.zero_(parameter(module, name))
+                    shards.zero_(parameter(module, name), pattern)
         return
     if module not in _GUARDED:
         _arm(module)

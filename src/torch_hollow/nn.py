@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import guard
+from . import guard, shards
 from .functional import check_weight, resolve_pattern, stored_linear
 from .patterns import Diagonal, Pattern
 
@@ -93,7 +93,7 @@ class HollowLinear(nn.Linear):
             guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
         elif not torch.compiler.is_exporting():  # in a graph: a functional mutation
             with torch.no_grad():
-                pattern.zero_(weight)
+                shards.zero_(weight, pattern)
         return stored_linear(input, weight, self.bias, pattern)
 
     def reset_parameters(self) -> None:

@@ -1,0 +1,229 @@
+"""DDP, FSDP2, tensor parallel and distributed checkpoints on 2 gloo ranks (CPU).
+
+Each case spawns two processes, bounded in time, with a fresh port and a destroyed process group.
+Assertions run inside the ranks; a failing rank fails the test with its traceback.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from distributed_utils import run_ranks
+from torch import nn
+
+import torch_hollow as th
+
+
+def _mask(rows, cols, offset=0):
+    return torch.arange(cols)[None, :] - torch.arange(rows)[:, None] == offset
+
+
+def _zero(t, mask):
+    from torch.distributed.tensor import DTensor
+
+    full = t.full_tensor() if isinstance(t, DTensor) else t
+    values = full.detach()[mask]
+    assert values.numel() and not ((values != 0) | torch.signbit(values)).any(), values
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        th.HollowLinear(7, 9),
+        nn.Tanh(),
+        th.HollowLinear(9, 9, offset=1),
+        nn.Tanh(),
+        nn.Linear(9, 9),
+    )
+
+
+MASKS = {0: _mask(9, 7), 2: _mask(9, 9, 1)}
+
+
+def _train(model, opt_factory, steps=4):
+    torch.manual_seed(dist.get_rank())
+    opt = opt_factory([model[0].weight, model[2].weight], model)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.mse_loss(model(torch.randn(6, 7)), torch.zeros(6, 9)).backward()
+        opt.step()
+
+
+OPTS = {
+    "muon": lambda held, m: torch.optim.Muon(held, lr=0.05),
+    "adamw-fused": lambda held, m: torch.optim.AdamW(
+        m.parameters(), lr=0.05, fused=True, weight_decay=0.1
+    ),
+}
+
+
+def _ddp_case(rank, world, bucket_view, compiled):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    for name, factory in OPTS.items():
+        model = _model()
+        ddp = DDP(model, gradient_as_bucket_view=bucket_view)
+        run = torch.compile(ddp) if compiled else ddp
+        torch.manual_seed(rank)
+        opt = factory([model[0].weight, model[2].weight], model)
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(run(torch.randn(6, 7)), torch.zeros(6, 9)).backward()
+            for i, mask in MASKS.items():
+                _zero(model[i].weight.grad, mask)
+            opt.step()
+            for i, mask in MASKS.items():
+                _zero(model[i].weight, mask)
+        gathered = [torch.empty_like(model[0].weight) for _ in range(world)]
+        dist.all_gather(gathered, model[0].weight.detach())
+        assert torch.equal(gathered[0], gathered[1]), f"{name}: ranks diverged"
+
+
+@pytest.mark.parametrize("bucket_view", [True, False])
+def test_ddp(bucket_view):
+    run_ranks(_ddp_case, bucket_view, False)
+
+
+def test_ddp_compiled():
+    run_ranks(_ddp_case, True, True)
+
+
+def _fsdp_case(rank, world, per_layer, reshard, convert_after):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    for name, factory in OPTS.items():
+        torch.manual_seed(0)
+        if convert_after:  # plain layers, sharded first, made hollow afterwards
+            model = nn.Sequential(
+                nn.Linear(7, 9), nn.Tanh(), nn.Linear(9, 9), nn.Tanh(), nn.Linear(9, 9)
+            )
+        else:
+            model = _model()
+        if per_layer:
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, reshard_after_forward=reshard)
+        fully_shard(model, reshard_after_forward=reshard)
+        if convert_after:
+            th.hollow_(model[0])
+            th.hollow_(model[2], offset=1)
+            nn.init.ones_(model[0].weight)  # a raw write on the sharded parameter
+        assert isinstance(model[0].weight, DTensor)
+        opt = factory([model[0].weight, model[2].weight], model)
+        torch.manual_seed(rank)
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(model(torch.randn(6, 7)), torch.zeros(6, 9)).backward()
+            for i, mask in MASKS.items():
+                _zero(model[i].weight.grad, mask)
+            opt.step()
+            for i, mask in MASKS.items():
+                _zero(model[i].weight, mask)
+        rows = {r.name: r for r in th.audit(model)}  # a collective: every rank calls it
+        assert rows["0.weight"].pattern == "Diagonal(offset=0)", name
+        assert not rows["0.weight"].violated and not rows["2.weight"].violated
+
+
+@pytest.mark.parametrize("per_layer,reshard", [(True, True), (True, False), (False, True)])
+def test_fsdp2(per_layer, reshard):
+    run_ranks(_fsdp_case, per_layer, reshard, False)
+
+
+def test_fsdp2_hollow_after_wrapping():
+    run_ranks(_fsdp_case, True, True, True)
+
+
+def _tp_case(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    model = nn.Sequential(th.HollowLinear(8, 6, offset=-1), nn.Tanh(), th.HollowLinear(6, 6))
+    parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    assert model[0].weight.placements[0].dim == 0 and model[2].weight.placements[0].dim == 1
+    masks = {0: _mask(6, 8, -1), 2: _mask(6, 6)}
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    x = torch.randn(5, 8)  # the same input on both ranks (replicated)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        for i, mask in masks.items():
+            assert isinstance(model[i].weight.grad, DTensor)
+            _zero(model[i].weight.grad, mask)
+        opt.step()
+        for i, mask in masks.items():
+            _zero(model[i].weight, mask)
+    nn.init.ones_(model[2].weight)
+    th.zero_diagonal_(model[2].weight)  # the global diagonal, not a replicated copy
+    _zero(model[2].weight, masks[2])
+    full = model[2].weight.full_tensor()
+    assert (full[~masks[2]] == 1).all()
+
+
+def test_tensor_parallel_colwise_and_rowwise():
+    run_ranks(_tp_case)
+
+
+def _partial_case(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial
+
+    mesh = init_device_mesh("cpu", (world,))
+    module = nn.Module()
+    module.w = nn.Parameter(DTensor.from_local(torch.ones(3, 3), mesh, [Partial()]))
+    with pytest.raises(th.HollowError, match="holds partial sums"):
+        th.hollow_(module, "w")
+
+
+def test_partial_placement_is_refused():
+    run_ranks(_partial_case)
+
+
+def _dcp_case(rank, world, path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    fully_shard(model)
+    _train(model, OPTS["muon"], steps=2)
+    dcp.save({"model": model.state_dict()}, checkpoint_id=path)
+    twin = _model(seed=5)
+    fully_shard(twin)
+    state = {"model": twin.state_dict()}
+    dcp.load(state, checkpoint_id=path)
+    twin.load_state_dict(state["model"])
+    for i in MASKS:
+        assert torch.equal(twin[i].weight.full_tensor(), model[i].weight.full_tensor())
+    # A dense checkpoint (a plain model's): the diagonal is dropped with a warning.
+    plain = nn.Sequential(nn.Linear(7, 9), nn.Tanh(), nn.Linear(9, 9), nn.Tanh(), nn.Linear(9, 9))
+    with torch.no_grad():
+        plain[0].weight.fill_(0.5)
+        plain[0].weight[3, 3] = -2.5
+    dense = path + "-dense"
+    dcp.save({"model": plain.state_dict()}, checkpoint_id=dense)
+    state = {"model": twin.state_dict()}
+    dcp.load(state, checkpoint_id=dense)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        twin.load_state_dict(state["model"])
+    messages = [str(w.message) for w in caught if issubclass(w.category, th.HollowWarning)]
+    assert any("'0.weight' set 7 non-zero" in m and "dropped: 2.5" in m for m in messages), (
+        messages
+    )
+    _zero(twin[0].weight, MASKS[0])
+    assert (twin[0].weight.full_tensor()[~MASKS[0]] == 0.5).all()
+
+
+def test_distributed_checkpoint_roundtrip_and_dense_load(tmp_path):
+    run_ranks(_dcp_case, str(tmp_path / "ckpt"))
