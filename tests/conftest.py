@@ -32,7 +32,7 @@ def diag_mask(rows: int, cols: int, offset: int = 0, device: object = None) -> T
 
 def assert_bitwise_zero(t: Tensor, mask: Tensor) -> None:
     """Every entry of ``t`` under ``mask`` is +0.0 exactly: equal to zero, no sign bit."""
-    values = t.detach()[..., mask]
+    values = t.detach()[..., mask.to(t.device)]
     assert values.numel() > 0, "the mask holds no entry: the test would prove nothing"
     bad = (values != 0) | torch.signbit(values)
     assert not bad.any(), f"{int(bad.sum())} held entries are not +0.0: {values[bad][:5]}"
@@ -40,4 +40,4 @@ def assert_bitwise_zero(t: Tensor, mask: Tensor) -> None:
 
 def masked(weight: Tensor, mask: Tensor) -> Tensor:
     """A detached copy of ``weight`` with the entries under ``mask`` set to 0.0."""
-    return weight.detach().masked_fill(mask, 0.0)
+    return weight.detach().masked_fill(mask.to(weight.device), 0.0)

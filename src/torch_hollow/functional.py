@@ -153,6 +153,22 @@ def check_weight(
         raise refuse(path, name, weight.shape, problem[0], problem[1])
 
 
+_EXPORT_FLAG_TRUSTED = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 13)
+
+
+def graph_writes_allowed() -> bool:
+    """Whether a traced forward may zero the stored weight in its graph (compile, not export).
+
+    ``torch.export`` graphs must not mutate parameters (ONNX cannot take it); the default,
+    non-strict export traces outside dynamo. Under dynamo, torch before 2.13 answers
+    ``is_exporting()`` with True for ``torch.compile`` too (pytorch#176347), so there dynamo
+    means compile.
+    """
+    if not torch.compiler.is_dynamo_compiling():
+        return False
+    return not (_EXPORT_FLAG_TRUSTED and torch.compiler.is_exporting())
+
+
 def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: Pattern) -> Tensor:
     """``F.linear`` for a weight whose held entries already read 0.0; masks its gradient.
 

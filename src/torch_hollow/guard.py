@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from . import shards
 from .errors import HollowWarning
+from .functional import graph_writes_allowed
 from .patterns import Pattern
 
 _GUARDED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -251,7 +252,7 @@ def _mask_grad(pattern: Pattern, param: Tensor) -> None:
 
 def _pre_forward(module: nn.Module, args: object) -> None:
     if torch.compiler.is_compiling():
-        if not torch.compiler.is_exporting():
+        if graph_writes_allowed():
             with torch.no_grad():
                 for name, pattern in module._hollow_patterns.items():
                     shards.zero_(parameter(module, name), pattern)

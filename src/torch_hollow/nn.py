@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import guard, shards
-from .functional import check_weight, resolve_pattern, stored_linear
+from .functional import check_weight, graph_writes_allowed, resolve_pattern, stored_linear
 from .patterns import Diagonal, Pattern
 
 
@@ -91,7 +91,7 @@ class HollowLinear(nn.Linear):
         weight = self.weight
         if not torch.compiler.is_compiling():
             guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
-        elif not torch.compiler.is_exporting():  # in a graph: a functional mutation
+        elif graph_writes_allowed():  # in a compiled graph: a functional mutation
             with torch.no_grad():
                 shards.zero_(weight, pattern)
         return stored_linear(input, weight, self.bias, pattern)

@@ -1,0 +1,64 @@
+"""Training step for Mask, BlockDiagonal and batched patterns vs W*mask and plain nn.Linear.
+
+Run: python benchmarks/bench_patterns.py [--device cuda] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+from torch_hollow.bench import bench, format_rows, to_json
+from torch_hollow.patterns import BlockDiagonal, Mask
+from torch_hollow.recipes import Spec
+
+POINTS = [(256, 1), (1024, 8), (1024, 512)]
+
+
+def _made(n: int) -> Mask:
+    """A MADE-style autoregressive mask: output i reads inputs j < i."""
+    return Mask(torch.arange(n)[:, None] > torch.arange(n)[None, :])
+
+
+CASES = {
+    "Mask (MADE)": lambda n: Spec(n, pattern=_made(n)),
+    "BlockDiagonal(16)": lambda n: Spec(n, pattern=BlockDiagonal(16)),
+    "batched 4x(n,n) diagonal": lambda n: Spec(n, groups=4),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    all_rows = []
+    for case, make in CASES.items():
+        print(f"\n## {case}\n")
+        rows = []
+        for n, batch in POINTS:
+            rows += bench(
+                ["torch-hollow", "W*mask"],
+                points=[(n, batch)],
+                spec=make(n),
+                device=args.device,
+                threads=args.threads,
+                rounds=args.rounds,
+                memory=False,
+                steps=10,
+            )
+        print(format_rows(rows))
+        all_rows += rows
+    card = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
+    print(f"\ntorch {torch.__version__}, {args.device} ({card}), {args.threads} threads, SGD")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(all_rows))
+
+
+if __name__ == "__main__":
+    main()
