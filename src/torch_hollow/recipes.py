@@ -110,12 +110,12 @@ def _grad_hook(spec: Spec) -> nn.Module:
     # Zero once, then zero the gradient after accumulation: cheap, but Muon, autograd.grad and
     # FSDP2 go around it.
     module = _base(spec)
-    mask = _mask(spec, module)
+    pattern = spec.pattern  # a diagonal is zeroed through a view: O(n), as users write it
     with torch.no_grad():
-        module.weight.masked_fill_(mask, 0)
+        pattern.zero_(module.weight)
 
     def zero_grad_entries(param: Tensor) -> None:
-        param.grad.masked_fill_(mask, 0)
+        pattern.zero_(param.grad)
 
     module.weight.register_post_accumulate_grad_hook(zero_grad_entries)
     return module
