@@ -117,3 +117,23 @@ def test_cli_bench_refuses_what_it_cannot_honour(capsys):
 def test_bench_errors_are_hollow_errors():
     with pytest.raises(HollowError, match="unknown recipe"):
         bench(["nope"], points=[(4, 1)])
+
+
+def test_cli_bench_points(capsys):
+    code = main(
+        [
+            "bench",
+            "--points",
+            "8x1,12x2",
+            "--rounds",
+            "1",
+            "--steps",
+            "0",
+            "--no-memory",
+            "--recipes",
+            "torch-hollow",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| eager | 8 | 1 | torch-hollow |" in out and "| eager | 12 | 2 | plain |" in out

@@ -44,6 +44,12 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+def _points(text: str | None) -> list[tuple[int, int]] | None:
+    if not text:
+        return None
+    return [(int(n), int(b)) for n, b in (p.split("x") for p in text.split(",") if p)]
+
+
 def _bench(args: argparse.Namespace) -> int:
     import platform
 
@@ -58,6 +64,7 @@ def _bench(args: argparse.Namespace) -> int:
             args.recipes.split(",") if args.recipes else None,
             sizes=_ints(args.sizes),
             batches=_ints(args.batches),
+            points=_points(args.points),
             device=args.device,
             dtype=dtype[args.dtype],
             modes=("eager", "compiled") if args.compile else ("eager",),
@@ -109,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--compile", action="store_true", help="also time torch.compile'd modules")
     bench.add_argument("--sizes", default="256,1024", help="layer sizes n, comma-separated")
     bench.add_argument("--batches", default="1,8,512", help="batch sizes, comma-separated")
+    bench.add_argument(
+        "--points",
+        help="explicit NxBATCH points, e.g. 256x1,1024x8 (overrides --sizes and --batches)",
+    )
     bench.add_argument("--recipes", help="comma-separated subset (default: all)")
     bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
