@@ -98,8 +98,7 @@ class HollowLinear(nn.Linear):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        if "_hollow_patterns" in self.__dict__:
-            guard.zero_stored_(self)
+        guard.zero_stored_(self)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         guard.zero_stored_(self)
