@@ -62,3 +62,12 @@ def test_sachs_data_load_from_the_cdt_wheel():
     x, target, names = sl.sachs()
     assert x.shape == (7466, 11) and len(names) == 11
     assert 17 <= int(target.sum()) <= 20 and not target.diagonal().any()
+
+
+def test_dagma_style_learner_recovers_a_small_graph():
+    torch.set_num_threads(2)
+    x, truth = sl.simulate(d=8, n=600, seed=1)
+    raw, w = sl.dagma_style(x, lam1=0.05, warm_iter=5000, max_iter=10000, lr=1e-3)
+    assert (raw.diagonal() == 0).all() and not torch.signbit(raw.diagonal()).any()
+    acc = sl.accuracy(truth, w)
+    assert acc["shd"] <= 1 and acc["tpr"] >= 0.9, acc
