@@ -159,7 +159,7 @@ def _dagma_stage(
 ) -> bool:
     n, d = x.shape
     opt = torch.optim.Adam(layer.parameters(), lr=lr, betas=(0.99, 0.999))
-    previous = float("inf")
+    previous = None
     for it in range(1, iters + 1):
         w = layer.weight.T  # X W: column j of W holds the parents of node j
         with torch.no_grad():
@@ -171,8 +171,8 @@ def _dagma_stage(
         loss = mu * (score + lam1 * w.abs().sum()) + h
         loss.backward()
         opt.step()
-        if it % checkpoint == 0:
-            if abs(previous - loss.item()) <= tol * abs(previous):
+        if it % checkpoint == 0:  # stop once the objective moves by less than tol, relatively
+            if previous is not None and abs(previous - loss.item()) <= tol * abs(previous):
                 break
             previous = loss.item()
     return True

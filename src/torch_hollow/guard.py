@@ -17,7 +17,18 @@ load (warning about dropped values).
 
 from __future__ import annotations
 
-__all__ = ["attach", "detach", "guarded_modules", "register", "unregister", "zero_stored_"]
+__all__ = [
+    "attach",
+    "detach",
+    "dropped",
+    "guarded_modules",
+    "parameter",
+    "record_patterns",
+    "register",
+    "unregister",
+    "warn_dropped",
+    "zero_stored_",
+]
 
 import functools
 import warnings
