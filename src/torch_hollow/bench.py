@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .errors import HollowError
 from .patterns import Diagonal
-from .recipes import RECIPES, MaskedLinear, Spec, held_mask, stored_params
+from .recipes import RECIPES, MaskedLinear, Spec, stored_params
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,8 @@ def _correctness(recipe: str, spec: Spec, steps: int) -> tuple[float, float, flo
         torch.manual_seed(1)
         module = RECIPES[recipe](spec)
         stored = stored_params(module)
-        mask = held_mask(spec.pattern, tuple(stored.shape), spec.device)
-        if stored.dim() != 2 and make is not None and len(out) == 1:
+        mask = spec.pattern.held_mask(stored.shape, spec.device)
+        if len(out) == 1 and stored.dim() != 2:
             return out[0], float("nan"), float("nan")  # Muon takes 2-D parameters only
         opt = make([stored])
         shape = (spec.groups, 8, spec.n) if spec.groups else (8, spec.n)

@@ -41,6 +41,11 @@ class Pattern:
             v.zero_()
         return t
 
+    def held_mask(self, shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+        """True on the held entries of a weight of ``shape`` (a new bool tensor)."""
+        free = torch.ones(tuple(shape), dtype=torch.bool, device=device)
+        return ~self.zero_(free)
+
     def held_values(self, t: Tensor) -> Tensor:
         """The held entries of ``t`` as one flat tensor (a copy)."""
         views = self.views(t) or []
@@ -362,9 +367,7 @@ class Union(Pattern):
         return t
 
     def held_values(self, t: Tensor) -> Tensor:
-        free = torch.ones(t.shape, dtype=torch.bool, device=t.device)
-        self.zero_(free)  # each held entry once, however many parts hold it
-        return t.detach()[~free]
+        return t.detach()[self.held_mask(t.shape, t.device)]  # once, however many parts hold it
 
 
 def from_spec(spec: dict[str, Any]) -> Pattern:

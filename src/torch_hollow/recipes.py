@@ -7,7 +7,7 @@ a benchmark can look at the values the recipe actually keeps.
 
 from __future__ import annotations
 
-__all__ = ["RECIPES", "BatchedLinear", "Spec", "held_mask", "stored_params"]
+__all__ = ["RECIPES", "BatchedLinear", "Spec", "stored_params"]
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,12 +31,6 @@ class Spec:
     dtype: torch.dtype = torch.float32
     pattern: Pattern = field(default_factory=Diagonal)
     groups: int = 0  # 0: a plain (n, n) linear; g > 0: a batched (g, n, n) weight
-
-
-def held_mask(pattern: Pattern, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """True on the entries ``pattern`` holds, as a bool tensor of ``shape``."""
-    free = torch.ones(shape, dtype=torch.bool, device=device)
-    return ~pattern.zero_(free)
 
 
 class BatchedLinear(nn.Module):
@@ -81,7 +75,7 @@ def _base(spec: Spec) -> nn.Module:
 
 
 def _mask(spec: Spec, module: nn.Module) -> Tensor:
-    return held_mask(spec.pattern, tuple(module.weight.shape), spec.device)
+    return spec.pattern.held_mask(module.weight.shape, spec.device)
 
 
 def _hollow(spec: Spec) -> nn.Module:

@@ -11,7 +11,6 @@ __all__ = ["is_dtensor", "local_targets", "read", "zero_", "zero_transposed_grad
 
 import sys
 
-import torch
 from torch import Tensor
 
 from .errors import HollowError
@@ -48,7 +47,7 @@ def local_targets(
     row0, col0 = offset[-2], offset[-1]
     if isinstance(pattern, Diagonal):
         return [local.diagonal(pattern.offset + row0 - col0, -2, -1)], []
-    held = ~pattern.zero_(torch.ones(t.shape[-2:], dtype=torch.bool, device=local.device))
+    held = pattern.held_mask(t.shape[-2:], local.device)
     window = held[row0 : row0 + local.shape[-2], col0 : col0 + local.shape[-1]]
     return [], [(Mask(~window), local)]
 
