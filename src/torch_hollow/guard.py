@@ -28,6 +28,7 @@ __all__ = [
     "unregister",
     "warn_dropped",
     "zero_stored_",
+    "zero_traced_",
 ]
 
 import functools
@@ -81,6 +82,13 @@ def zero_stored_(module: nn.Module) -> None:
         torch._foreach_zero_(views)
     for pattern, data in others:
         pattern.zero_(data)
+
+
+def zero_traced_(module: nn.Module) -> None:
+    """`zero_stored_` inside a compiled graph: a functional write, no cached ``.data`` views."""
+    with torch.no_grad():
+        for name, pattern in module._hollow_patterns.items():
+            shards.zero_(parameter(module, name), pattern)
 
 
 def _after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
@@ -171,8 +179,7 @@ def record_patterns(module: nn.Module, state_dict: dict, prefix: str) -> None:
     """Note the held patterns in the state dict's metadata, for `torch_hollow.audit`."""
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
-        local = metadata.setdefault(prefix[:-1], {})
-        local["hollow"] = {name: p.spec() for name, p in module._hollow_patterns.items()}
+        _post_save(module, state_dict, prefix, metadata.setdefault(prefix[:-1], {}))
 
 
 def warn_dropped(key: str, pattern: Pattern, count: int, largest: float) -> None:
@@ -264,9 +271,7 @@ def _mask_grad(pattern: Pattern, param: Tensor) -> None:
 def _pre_forward(module: nn.Module, args: object) -> None:
     if torch.compiler.is_compiling():
         if graph_writes_allowed():
-            with torch.no_grad():
-                for name, pattern in module._hollow_patterns.items():
-                    shards.zero_(parameter(module, name), pattern)
+            zero_traced_(module)
         return
     if module not in _GUARDED:
         _arm(module)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import guard, shards
+from . import guard
 from .functional import check_weight, graph_writes_allowed, resolve_pattern, stored_linear
 from .patterns import Diagonal, Pattern
 
@@ -92,8 +92,7 @@ class HollowLinear(nn.Linear):
         if not torch.compiler.is_compiling():
             guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
         elif graph_writes_allowed():  # in a compiled graph: a functional mutation
-            with torch.no_grad():
-                shards.zero_(weight, pattern)
+            guard.zero_traced_(self)
         return stored_linear(input, weight, self.bias, pattern)
 
     def reset_parameters(self) -> None:
