@@ -4,9 +4,11 @@ from __future__ import annotations
 
 __all__ = ["AuditRow", "audit", "format_audit"]
 
+import importlib
 import json
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,14 +135,48 @@ def _load(path: Path, trust_pickle: bool) -> object:
                 "Fix: pip install safetensors."
             ) from None
         return load_file(str(path))
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as err:
-        raise HollowError(
-            f"torch_hollow: {str(path)!r} is not a plain state dict; torch.load(weights_only="
-            f"True) refused it ({str(err).splitlines()[0][:120]}). Fix: if you trust the file, "
-            "pass trust_pickle=True (torch-hollow check --trust-pickle)."
-        ) from None
+        with torch.serialization.safe_globals(_model_globals(path)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _untrusted(path, "an object that torch.load(weights_only=True) refuses") from None
+
+
+def _model_globals(path: Path) -> list[object]:
+    # A whole model saved with torch.save(model) names its classes in the pickle. Those of
+    # torch.nn and torch-hollow (and torch-hollow's own hook functions) only restore data, so
+    # they are allowed without --trust-pickle; anything else is refused by name.
+    found = []
+    for name in torch.serialization.get_unsafe_globals_in_checkpoint(path):
+        module, _, qualname = name.rpartition(".")
+        obj = _resolve(module, qualname) if _ALLOWED.match(module) else None
+        if obj is None or not (isinstance(obj, type) or module.startswith("torch_hollow")):
+            raise _untrusted(path, repr(name))
+        found.append(obj)
+    return found
+
+
+_ALLOWED = re.compile(r"(torch\.nn|torch_hollow)(\.\w+)*$")
+
+
+def _resolve(module: str, qualname: str) -> object:
+    try:
+        obj: object = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj
+
+
+def _untrusted(path: Path, what: str) -> HollowError:
+    return HollowError(
+        f"torch_hollow: {str(path)!r} is a pickled object that refers to {what}, which is not "
+        "part of torch.nn or torch-hollow, so it is not loaded. Fix: if you trust the file, "
+        "pass --trust-pickle (audit(..., trust_pickle=True))."
+    )
 
 
 def format_audit(rows: list[AuditRow], as_json: bool = False) -> str:

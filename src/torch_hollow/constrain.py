@@ -7,6 +7,7 @@ __all__ = ["convert", "hollow_", "is_hollow", "remove"]
 from collections.abc import Callable
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import guard
 from .errors import HollowError, refuse
@@ -103,7 +104,10 @@ def convert(
     pattern = resolve_pattern(offset, pattern)
     for qualified, module in list(model.named_modules()):
         if where is None:
-            chosen = type(module) is nn.Linear and module.in_features == module.out_features
+            linear = type(module) is nn.Linear or (
+                parametrize.is_parametrized(module) and type(module).__bases__ == (nn.Linear,)
+            )  # a parametrized nn.Linear: chosen, so that _hollow says how to hold it
+            chosen = linear and module.in_features == module.out_features
         else:
             chosen = bool(where(qualified, module))
         if chosen and not is_hollow(module):
@@ -151,7 +155,7 @@ def remove(module: nn.Module, name: str | None = None) -> nn.Module:
         )
     guard.zero_stored_(module)
     guard.unregister(module)
-    for attr in ("_hollow_patterns", "_hollow_cache"):
+    for attr in ("_hollow_patterns", "_hollow_cache", "_hollow_own"):
         module.__dict__.pop(attr, None)
     module.__class__ = nn.Linear
     return module
@@ -186,6 +190,17 @@ def _hollow(module: nn.Module, name: str, pattern: Pattern, path: str) -> nn.Mod
             "Fix: pass the layer itself, e.g. model.fc."
         )
     param = guard.parameter(module, name)
+    if param is None and parametrize.is_parametrized(module, name):
+        raise refuse(
+            path,
+            name,
+            None,
+            f"is parametrized ({type(module).__name__}); torch-hollow holds a stored Parameter, "
+            "not a computed weight",
+            "make the layer hollow first and register the parametrization after it (a "
+            "HollowLinear then reads the computed weight's held entries as 0.0 in every "
+            "forward), e.g. hollow_(nn.Linear(...)) then register_parametrization(...)",
+        )
     if param is None:
         have = ", ".join(n for n, _ in module.named_parameters()) or "none"
         raise refuse(

@@ -21,3 +21,13 @@ def _where(path: str, name: str, shape: object) -> str:
 def refuse(path: str, name: str, shape: object, what: str, fix: str) -> HollowError:
     """Build a `HollowError` for parameter `name` of the module at `path`."""
     return HollowError(f"torch_hollow: {_where(path, name, shape)}: {what}. Fix: {fix}.")
+
+
+def script_refusal(kind: str, names: list[str]) -> HollowError:
+    """The `HollowError` for ``torch.jit.script`` on a hollow module."""
+    return HollowError(
+        f"torch_hollow: torch.jit.script cannot compile a hollow {kind} (held: "
+        f"{', '.join(names)}): its forward keeps the held entries at 0.0 with Python that "
+        "TorchScript does not support. Fix: use torch.jit.trace(model, example_inputs), "
+        "torch.export.export or torch.compile; each computes with the zeros."
+    )

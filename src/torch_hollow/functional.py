@@ -59,9 +59,7 @@ def hollow_linear(
     """
     pattern = resolve_pattern(offset, pattern)
     check_weight("", "weight", weight, pattern, max_dim=2)
-    w0 = weight.clone()
-    pattern.zero_(w0)
-    return F.linear(input, w0, bias)
+    return masked_linear(input, weight, bias, pattern)
 
 
 def zero_diagonal_(tensor: Tensor, offset: int = 0) -> Tensor:
@@ -169,6 +167,37 @@ def graph_writes_allowed() -> bool:
     return not (_EXPORT_FLAG_TRUSTED and torch.compiler.is_exporting())
 
 
+def elsewhere() -> bool:
+    """Whether a forward runs where writing a parameter or hooking its gradient is wrong.
+
+    Inside a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) tensors are
+    functorch wrappers with no storage to write and no hooks to hold; under ``torch.jit.trace``
+    the recorded graph must compute the zeros itself, the same ops on every call. The legacy
+    ONNX exporter traces too, but keeps the weight as a constant: zeroed before, it stays a Gemm.
+    """
+    if _interpreter_stack() is not None:
+        return True
+    return _is_tracing() and not torch.onnx.is_in_onnx_export()
+
+
+# Called on every eager forward: the C functions behind torch.jit.is_tracing and the functorch
+# interpreter stack, without their Python wrappers.
+_interpreter_stack = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+_is_tracing = getattr(torch._C, "_is_tracing", torch.jit.is_tracing)
+
+
+def masked_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: Pattern) -> Tensor:
+    """``F.linear`` on a copy of ``weight`` with its held entries set to 0.0; never writes it.
+
+    For weights torch-hollow does not own (a tensor passed by ``torch.func.functional_call``,
+    a parametrization's computed weight) and for transforms and tracing. Autograd (forward and
+    reverse mode, any order) sees the copy, so the held entries get no gradient and no tangent.
+    """
+    w0 = weight.clone()
+    pattern.zero_(w0)
+    return F.linear(input, w0, bias)
+
+
 def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: Pattern) -> Tensor:
     """``F.linear`` for a weight whose held entries already read 0.0; masks its gradient.
 
@@ -179,8 +208,8 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
     """
     if torch.compiler.is_compiling():
         return _traced_linear(input, weight, bias, pattern)
-    if not (weight.requires_grad and torch.is_grad_enabled()):
-        return F.linear(input, weight, bias)
+    if not (weight.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing():
+        return F.linear(input, weight, bias)  # tracing: only the legacy ONNX exporter gets here
     wt = weight.t()
     if shards.is_dtensor(wt):  # tensor parallel: the gradient is sharded too
         _hook(wt, functools.partial(shards.zero_transposed_grad_, pattern))

@@ -22,6 +22,7 @@ __all__ = [
     "detach",
     "dropped",
     "guarded_modules",
+    "owns",
     "parameter",
     "record_patterns",
     "register",
@@ -40,8 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from . import shards
-from .errors import HollowWarning
-from .functional import graph_writes_allowed
+from .errors import HollowWarning, refuse, script_refusal
+from .functional import elsewhere, graph_writes_allowed
 from .patterns import Pattern
 
 _GUARDED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -56,11 +57,66 @@ def register(module: nn.Module) -> None:
     """Guard ``module``: its ``_hollow_patterns`` are re-zeroed after every optimizer step."""
     global _step_hook, _epoch
     _GUARDED.add(module)
+    adopt(module)
     _epoch += 1
     if _step_hook is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         _step_hook = register_optimizer_step_post_hook(_after_step)
+
+
+class _Owned(dict):
+    # name -> weakref to the module's own Parameter. Copies and pickles start empty: a copy
+    # owns its own Parameters, adopted when it registers.
+    def __reduce__(self) -> tuple:
+        return _Owned, ()
+
+
+def adopt(module: nn.Module) -> None:
+    """Record the parameters now at ``module``'s held names as its own (see `owns`).
+
+    A module held by hooks also gets its gradient hook on each new Parameter (a deepcopy, an
+    unpickled module, ``to_empty``, ``load_state_dict(assign=True)`` bring new ones).
+    """
+    own = _Owned()
+    hooked = isinstance(module.__dict__.get("__prepare_scriptable__"), _ScriptRefusal)
+    for name, pattern in module._hollow_patterns.items():
+        param = parameter(module, name)
+        if param is None:
+            continue
+        own[name] = weakref.ref(param)
+        if hooked and param.requires_grad and not _has_grad_hook(param):
+            param.register_post_accumulate_grad_hook(functools.partial(_mask_grad, pattern))
+    module.__dict__["_hollow_own"] = own
+
+
+def owns(module: nn.Module, name: str, tensor: object) -> bool:
+    """Whether ``tensor``, found at ``module.<name>``, is the module's own parameter.
+
+    torch-hollow writes only into the Parameter a module holds as its own: the one it had when
+    made hollow, loaded, copied, moved, or last stepped. A tensor put in its place by
+    ``torch.func.functional_call``, or computed by a parametrization, belongs to the caller
+    and is never written.
+    """
+    ref = module.__dict__.get("_hollow_own", _NO_OWN).get(name)
+    own = None if ref is None else ref()
+    if own is tensor:
+        return True
+    if own is None and ref is not None and isinstance(tensor, nn.Parameter):
+        # Our Parameter was replaced out of sight (a Module._apply that makes new ones, FSDP2)
+        # and freed; functional_call keeps the one it replaces alive, so this is not a call's.
+        adopt(module)
+        return True
+    # FSDP2 puts a plain unsharded Parameter, gathered from our sharded one, there for forward.
+    return (
+        own is not None
+        and shards.is_dtensor(own)
+        and isinstance(tensor, nn.Parameter)
+        and not shards.is_dtensor(tensor)
+    )
+
+
+_NO_OWN: dict = {}
 
 
 def unregister(module: nn.Module) -> None:
@@ -148,6 +204,7 @@ def _stored_targets(module: nn.Module) -> _Targets:
         hit = cache.get(name)
         if hit is None or hit[0] != ptr:
             hit = cache[name] = (ptr, _fresh_targets(param, pattern))
+            adopt(module)  # a new storage, maybe a new Parameter (FSDP, to_empty, assign)
         views += hit[1][0]
         others += hit[1][1]
     return views, others
@@ -204,13 +261,16 @@ def attach(module: nn.Module, name: str, pattern: Pattern) -> None:
     patterns = module.__dict__.setdefault("_hollow_patterns", {})
     if not patterns:
         module.register_forward_pre_hook(_pre_forward)
+        module.register_forward_hook(_post_forward, always_call=True)
         module.register_state_dict_pre_hook(_pre_save)
         module.register_state_dict_post_hook(_post_save)
         module.register_load_state_dict_pre_hook(_pre_load)
         module.register_load_state_dict_post_hook(_post_load)
     patterns[name] = pattern
+    # torch.jit.script looks this up on the instance, before it tries to compile our hooks.
+    module.__dict__["__prepare_scriptable__"] = _ScriptRefusal(type(module).__name__, [*patterns])
     module.__dict__.pop("_hollow_cache", None)
-    _arm(module)
+    register(module)
     zero_stored_(module)
 
 
@@ -224,11 +284,13 @@ def detach(module: nn.Module, name: str) -> None:
         _drop_grad_hook(param)
     if patterns:
         return
-    module.__dict__.pop("_hollow_patterns", None)
+    for attr in ("_hollow_patterns", "_hollow_own", "__prepare_scriptable__"):
+        module.__dict__.pop(attr, None)
     unregister(module)
-    ours = (_pre_forward, _pre_save, _post_save, _pre_load, _post_load)
+    ours = (_pre_forward, _post_forward, _pre_save, _post_save, _pre_load, _post_load)
     for hooks in (
         module._forward_pre_hooks,
+        module._forward_hooks,
         module._state_dict_pre_hooks,
         module._state_dict_hooks,
         module._load_state_dict_pre_hooks,
@@ -236,20 +298,11 @@ def detach(module: nn.Module, name: str) -> None:
     ):
         for key in [k for k, h in hooks.items() if _unwrap(h) in ours]:
             del hooks[key]
+            module._forward_hooks_always_called.pop(key, None)
 
 
 def _unwrap(hook: Any) -> Any:
     return getattr(hook, "hook", hook)  # load pre-hooks are stored wrapped
-
-
-def _arm(module: nn.Module) -> None:
-    # (Re)join the guard and (re)install the gradient hooks: a deepcopy or an unpickled module
-    # has the module hooks but neither the registry entry nor the Parameters' hooks.
-    register(module)
-    for name, pattern in module._hollow_patterns.items():
-        param = parameter(module, name)
-        if param is not None and param.requires_grad and not _has_grad_hook(param):
-            param.register_post_accumulate_grad_hook(functools.partial(_mask_grad, pattern))
 
 
 def _has_grad_hook(param: Tensor) -> bool:
@@ -270,12 +323,62 @@ def _mask_grad(pattern: Pattern, param: Tensor) -> None:
 
 def _pre_forward(module: nn.Module, args: object) -> None:
     if torch.compiler.is_compiling():
+        for name in module._hollow_patterns:
+            if not isinstance(parameter(module, name), nn.Parameter):
+                raise refuse(
+                    type(module).__name__,
+                    name,
+                    None,
+                    "got a tensor it does not own (torch.func.functional_call?) under "
+                    "torch.compile, where a hook-held parameter cannot be masked",
+                    "call functional_call outside torch.compile, or hold the parameter's "
+                    "held entries at 0.0 in the tensors you pass",
+                )
         if graph_writes_allowed():
             zero_traced_(module)
         return
-    if module not in _GUARDED:
-        _arm(module)
-    zero_stored_(module)
+    if module not in _GUARDED:  # a deepcopy or an unpickled module: not registered yet
+        register(module)
+    held = module._hollow_patterns
+    if not elsewhere() and all(owns(module, n, parameter(module, n)) for n in held):
+        zero_stored_(module)
+        return
+    # A tensor the caller owns (functional_call), a transform or a trace: the forward reads a
+    # masked copy put in the parameter's place, and _post_forward puts the tensor back.
+    swapped = []
+    for name, pattern in held.items():
+        owner, _, leaf = name.rpartition(".")
+        holder = module.get_submodule(owner) if owner else module
+        tensor = holder._parameters.get(leaf)
+        if tensor is None:  # e.g. parametrized after hollow_: what it computes is not ours
+            raise refuse(
+                type(module).__name__,
+                name,
+                None,
+                "is no longer a parameter of the module (a parametrization replaced it?); "
+                "torch-hollow holds stored parameters, not computed ones",
+                "remove_parametrizations() to go back to the held parameter, or remove() the "
+                "constraint before parametrizing",
+            )
+        swapped.append((holder, leaf, tensor))
+        holder._parameters[leaf] = pattern.zero_(tensor.clone())
+    module.__dict__.setdefault("_hollow_swapped", []).append(swapped)
+
+
+def _post_forward(module: nn.Module, args: object, output: object) -> None:
+    stack = module.__dict__.get("_hollow_swapped")
+    if stack:
+        for holder, leaf, tensor in stack.pop():
+            holder._parameters[leaf] = tensor
+
+
+class _ScriptRefusal:
+    # Found by torch.jit.script as module.__prepare_scriptable__; plain data, so it pickles.
+    def __init__(self, kind: str, names: list[str]) -> None:
+        self.kind, self.names = kind, names
+
+    def __call__(self) -> None:
+        raise script_refusal(self.kind, self.names)
 
 
 def _pre_save(module: nn.Module, prefix: str, keep_vars: bool) -> None:
@@ -295,7 +398,7 @@ def _pre_load(module: nn.Module, state_dict: dict, prefix: str, *args: object) -
 
 def _post_load(module: nn.Module, incompatible_keys: object) -> None:
     module.__dict__.pop("_hollow_cache", None)
-    _arm(module)  # assign=True may have brought new Parameter objects
+    register(module)  # assign=True may have brought new Parameter objects (adopt)
     zero_stored_(module)
     for key, (pattern, count, largest) in module.__dict__.pop("_hollow_loading", {}).items():
         if count:

@@ -10,7 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from . import guard
-from .functional import check_weight, graph_writes_allowed, resolve_pattern, stored_linear
+from .errors import script_refusal
+from .functional import (
+    check_weight,
+    elsewhere,
+    graph_writes_allowed,
+    masked_linear,
+    resolve_pattern,
+    stored_linear,
+)
 from .patterns import Diagonal, Pattern
 
 
@@ -89,15 +97,33 @@ class HollowLinear(nn.Linear):
     def forward(self, input: Tensor) -> Tensor:
         pattern = self._hollow_patterns["weight"]
         weight = self.weight
-        if not torch.compiler.is_compiling():
-            guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
-        elif graph_writes_allowed():  # in a compiled graph: a functional mutation
-            guard.zero_traced_(self)
+        if torch.compiler.is_compiling():
+            if not isinstance(weight, nn.Parameter):  # functional_call: the caller's tensor
+                return masked_linear(input, weight, self.bias, pattern)
+            if graph_writes_allowed():  # in a compiled graph: a functional mutation
+                guard.zero_traced_(self)
+            return stored_linear(input, weight, self.bias, pattern)
+        if not guard.owns(self, "weight", weight) or elsewhere():
+            return masked_linear(input, weight, self.bias, pattern)
+        guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
         return stored_linear(input, weight, self.bias, pattern)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         guard.zero_stored_(self)
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        super().register_parameter(name, param)
+        if name == "weight" and "_hollow_own" in self.__dict__:
+            guard.adopt(self)  # ``layer.weight = nn.Parameter(...)``: the new one is its own
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HollowLinear:
+        super()._apply(fn, recurse)
+        guard.adopt(self)  # a move may bring new Parameter objects (e.g. to_empty from meta)
+        return self
+
+    def __prepare_scriptable__(self) -> None:
+        raise script_refusal(type(self).__name__, ["weight"])
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         guard.zero_stored_(self)
@@ -131,6 +157,9 @@ class HollowLinear(nn.Linear):
         return f"{super().extra_repr()}, pattern={self.pattern!r}"
 
     def __getstate__(self) -> dict[str, Any]:
+        # deepcopy, pickle and torch.save(model) copy zeros, even right after a raw write
+        if guard.owns(self, "weight", self._parameters.get("weight")):
+            guard.zero_stored_(self)
         state = super().__getstate__()
         return {k: v for k, v in state.items() if k != "_hollow_cache"}
 
