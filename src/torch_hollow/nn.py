@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = ["HollowLinear"]
 
+import sys
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import guard
+from ._adapters import check_caller
 from .errors import script_refusal
 from .functional import (
     check_weight,
@@ -103,6 +105,8 @@ class HollowLinear(nn.Linear):
             if graph_writes_allowed():  # in a compiled graph: a functional mutation
                 guard.zero_traced_(self)
             return stored_linear(input, weight, self.bias, pattern)
+        if "peft" in sys.modules:
+            check_caller(self)
         if not guard.owns(self, "weight", weight) or elsewhere():
             return masked_linear(input, weight, self.bias, pattern)
         guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
