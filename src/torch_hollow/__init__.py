@@ -12,7 +12,9 @@ __all__ = [
     "__version__",
     "audit",
     "convert",
+    "from_prune",
     "hollow_",
+    "hollow_masks_",
     "is_hollow",
     "remove",
     "zero_diagonal_",
@@ -23,3 +25,4 @@ from .constrain import convert, hollow_, is_hollow, remove
 from .errors import HollowError, HollowWarning
 from .functional import zero_diagonal_
 from .nn import HollowLinear
+from .prune import from_prune, hollow_masks_

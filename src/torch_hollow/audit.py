@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from . import shards
 from .errors import HollowError
 from .patterns import Diagonal, Pattern, from_spec
 
@@ -96,6 +97,7 @@ def audit(
 
 def _row(name: str, t: Tensor, pattern: Pattern | None) -> AuditRow:
     shape = tuple(t.shape)
+    t = shards.read(t.detach())  # a DTensor's global values (a collective: audit's contract)
     if pattern is None:
         if shape[-1] != shape[-2]:
             return AuditRow(name, shape, None, None, False)

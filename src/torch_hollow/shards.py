@@ -44,11 +44,12 @@ def local_targets(
             f"its placements {t.placements} say {tuple(shape)}. Fix: hold the "
             "parameter before wrapping, or report this layout."
         )
-    row0, col0 = offset[-2], offset[-1]
     if isinstance(pattern, Diagonal):
-        return [local.diagonal(pattern.offset + row0 - col0, -2, -1)], []
-    held = pattern.held_mask(t.shape[-2:], local.device)
-    window = held[row0 : row0 + local.shape[-2], col0 : col0 + local.shape[-1]]
+        return [local.diagonal(pattern.offset + offset[-2] - offset[-1], -2, -1)], []
+    # Any other pattern: its held entries over the whole global shape (a full-shape Mask of a
+    # conv weight varies along every dim), cut to this shard's window along every dim.
+    held = pattern.held_mask(t.shape, local.device)
+    window = held[tuple(slice(o, o + n) for o, n in zip(offset, local.shape, strict=True))]
     return [], [(Mask(~window), local)]
 
 
