@@ -103,6 +103,7 @@ def test_format_audit_table():
         "parameter",
         "shape",
         "pattern",
+        "held",
         "max",
         "|held|",
         "status",
@@ -120,3 +121,17 @@ def test_check_safetensors_file(tmp_path, capsys):
     rows = {r.name: r for r in audit(path)}
     assert rows["2.weight"].held_max == 1.0 and rows["2.weight"].pattern is None
     assert main(["check", str(path)]) == 0  # no patterns recorded in safetensors: nothing held
+
+
+def test_check_reports_the_sparsity_of_each_held_parameter(tmp_path, capsys):
+    model = torch.nn.Sequential(HollowLinear(4, 4), torch.nn.Linear(4, 5))
+    held = torch.zeros(5, 4, dtype=torch.bool)
+    held[:4] = True  # 16 of 20 entries: 80 %
+    hollow_(model[1], pattern=Mask(~held))
+    rows = {r.name: r for r in audit(model.state_dict())}
+    assert rows["0.weight"].sparsity == 0.25 and rows["1.weight"].sparsity == 0.8
+    path = tmp_path / "pruned.pt"
+    torch.save(model.state_dict(), path)
+    assert main(["check", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "80.0%" in table and "25.0%" in table

@@ -112,6 +112,27 @@ def test_from_prune_global_unstructured_across_layers():
         assert_bitwise_zero(model[i].weight, ~allowed)
 
 
+def test_iterative_pruning_rounds_through_from_prune():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(12, 6))
+    x = torch.randn(5, 1, 4, 4)
+    params = [(model[0], "weight"), (model[2], "weight")]
+    held_before = {}
+    for amount in (0.4, 0.65, 0.8):  # of all entries: the zeros held so far go first
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+        masks = {i: model[i].weight_mask != 0 for i in (0, 2)}
+        before = model(x)
+        th.from_prune(model)
+        assert torch.equal(model(x), before)
+        for i, allowed in masks.items():
+            assert_bitwise_zero(model[i].weight, ~allowed)
+            assert (allowed <= ~held_before.get(i, torch.zeros_like(allowed))).all()
+            held_before[i] = ~allowed
+        _train(model, x)
+    total = sum(m.numel() for m in held_before.values())
+    assert sum(int(m.sum()) for m in held_before.values()) == round(0.8 * total)
+
+
 def test_from_prune_refuses_a_pruned_bias_and_changes_nothing():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     prune.l1_unstructured(model[0], "weight", amount=0.5)
@@ -281,3 +302,29 @@ def test_full_shape_masks_under_ddp_and_fsdp2(wrap):
     from distributed_utils import run_ranks
 
     run_ranks(_distributed_mask_case, wrap)
+
+
+def test_lottery_ticket_example_reduced():
+    pytest.importorskip("sklearn")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import lottery_ticket as lt
+
+    torch.set_num_threads(2)
+    runs = {
+        m: lt.run(m, rounds=2, epochs=1, width=4, log=print) for m in ("prune", "torch-hollow")
+    }
+    base, hollow = runs["prune"][0], runs["torch-hollow"][0]
+    assert [r["sparsity"] for r in hollow] == [r["sparsity"] for r in base]
+    assert hollow[-1]["sparsity"] == pytest.approx(1 - lt.KEEP**2, abs=1e-3)
+    for b, h in zip(base, hollow, strict=True):
+        assert h["test_acc"] == b["test_acc"]  # the same function, step for step
+        assert h["max_abs_pruned"] == 0.0
+        assert all("_orig" not in k and "_mask" not in k for k in h["state_dict_keys"])
+    assert base[-1]["max_abs_pruned"] > 0  # momentum and weight decay moved prune's copies
+    assert hollow[-1]["tensors_mib"] < base[-1]["tensors_mib"]
+    assert hollow[-1]["state_dict_mib"] < base[-1]["state_dict_mib"]
+    timing = lt.step_ms({m: r[1:] for m, r in runs.items()}, rounds=2, steps=2)
+    assert set(timing) == {"prune", "torch-hollow"} and min(timing.values()) > 0

@@ -27,13 +27,14 @@ class AuditRow:
 
     ``held_max`` is the largest |value| on the pattern's entries, or, for an unconstrained square
     weight, on its main diagonal (None for other unconstrained weights). ``violated`` is true
-    when a held entry is not 0.0.
+    when a held entry is not 0.0. ``sparsity`` is the fraction of the parameter's entries the
+    pattern holds (a pruning mask's sparsity; None when unconstrained).
 
     Example:
         >>> import torch
         >>> from torch_hollow import audit
         >>> audit({"w": torch.eye(2)})[0]
-        AuditRow(name='w', shape=(2, 2), pattern=None, held_max=1.0, violated=False)
+        AuditRow(name='w', shape=(2, 2), pattern=None, held_max=1.0, violated=False, sparsity=None)
     """
 
     name: str
@@ -41,6 +42,7 @@ class AuditRow:
     pattern: str | None
     held_max: float | None
     violated: bool
+    sparsity: float | None = None
 
 
 def audit(
@@ -103,7 +105,8 @@ def _row(name: str, t: Tensor, pattern: Pattern | None) -> AuditRow:
             return AuditRow(name, shape, None, None, False)
         return AuditRow(name, shape, None, Diagonal(0).max_abs(t), False)
     count = pattern.count_nonzero(t)
-    return AuditRow(name, shape, repr(pattern), pattern.max_abs(t), count > 0)
+    held = int(pattern.held_mask(shape, t.device).sum())
+    return AuditRow(name, shape, repr(pattern), pattern.max_abs(t), count > 0, held / t.numel())
 
 
 def _state_dict_in(obj: Mapping[str, object]) -> Mapping[str, object]:
@@ -185,12 +188,13 @@ def format_audit(rows: list[AuditRow], as_json: bool = False) -> str:
     """The rows as an aligned table, or as JSON."""
     if as_json:
         return json.dumps([asdict(r) for r in rows], indent=2)
-    head = ("parameter", "shape", "pattern", "max |held|", "status")
+    head = ("parameter", "shape", "pattern", "held", "max |held|", "status")
     body = [
         (
             r.name,
             "x".join(map(str, r.shape)),
             r.pattern or "-",
+            "-" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
             "-" if r.held_max is None else f"{r.held_max:.3g}",
             "VIOLATED" if r.violated else ("ok" if r.pattern else "unconstrained"),
         )

@@ -350,15 +350,21 @@ def _pre_forward(module: nn.Module, args: object) -> None:
         owner, _, leaf = name.rpartition(".")
         holder = module.get_submodule(owner) if owner else module
         tensor = holder._parameters.get(leaf)
+        orig = holder._parameters.get(leaf + "_orig")
+        if tensor is None and orig is not None and owns(module, name, orig):
+            # Pruned by torch.nn.utils.prune since: our Parameter is its ``_orig``, and its
+            # pre-hook, after this one, computes the weight from it. from_prune hands it back.
+            pattern.zero_(orig.data)
+            continue
         if tensor is None:  # e.g. parametrized after hollow_: what it computes is not ours
             raise refuse(
                 type(module).__name__,
                 name,
                 None,
-                "is no longer a parameter of the module (a parametrization replaced it?); "
-                "torch-hollow holds stored parameters, not computed ones",
-                "remove_parametrizations() to go back to the held parameter, or remove() the "
-                "constraint before parametrizing",
+                "is no longer a Parameter of the module (torch.nn.utils.prune or a "
+                "parametrization replaced it?); torch-hollow holds stored parameters",
+                "after pruning, call torch_hollow.from_prune(model); for a parametrization, "
+                "remove_parametrizations() or remove() the constraint before parametrizing",
             )
         swapped.append((holder, leaf, tensor))
         holder._parameters[leaf] = pattern.zero_(tensor.clone())

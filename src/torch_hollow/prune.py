@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from .constrain import hollow_
+from .constrain import hollow_, remove
 from .errors import HollowError, refuse
 from .patterns import Mask
 
@@ -25,7 +25,9 @@ def from_prune(model: nn.Module) -> nn.Module:
     """Turn every parameter pruned by ``torch.nn.utils.prune`` into a hollow one, in place.
 
     Works for any pruning method, local or global, after any number of rounds (the mask prune
-    has accumulated is the one kept). The computed weight becomes the Parameter under its
+    has accumulated is the one kept), and again on a model pruned after an earlier
+    ``from_prune``: iterative pruning keeps calling prune's methods, then ``from_prune``; the
+    entries held before stay held. The computed weight becomes the Parameter under its
     original name (the ``weight_orig`` Parameter object, so an optimizer built on it keeps
     working), ``weight_orig`` / ``weight_mask`` and prune's forward pre-hook go, the state-dict
     keys become those of the unpruned model, and the outputs are the same, bitwise. From then on
@@ -74,6 +76,10 @@ def from_prune(model: nn.Module) -> nn.Module:
                 found.append((module, name, allowed))
     for module, name, allowed in found:
         prune.remove(module, name)
+        held = (module.__dict__.get("_hollow_patterns") or {}).get(name)
+        if held is not None:  # pruned again after an earlier from_prune: hold both
+            allowed = allowed & ~held.held_mask(allowed.shape, allowed.device)
+            remove(module, name)
         hollow_(module, name, pattern=Mask(allowed))
     return model
 
