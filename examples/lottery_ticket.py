@@ -90,7 +90,7 @@ def tensor_bytes(model: nn.Module) -> int:
         tensors = [*module._parameters.values(), *module._buffers.values()]
         tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
         for pattern in (module.__dict__.get("_hollow_patterns") or {}).values():
-            tensors += [pattern.held, *getattr(pattern, "_on", {}).values()]
+            tensors += pattern.tensors()
         for t in tensors:
             if t is not None:
                 storage = t.untyped_storage()

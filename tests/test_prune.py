@@ -328,3 +328,29 @@ def test_lottery_ticket_example_reduced():
     assert hollow[-1]["state_dict_mib"] < base[-1]["state_dict_mib"]
     timing = lt.step_ms({m: r[1:] for m, r in runs.items()}, rounds=2, steps=2)
     assert set(timing) == {"prune", "torch-hollow"} and min(timing.values()) > 0
+
+
+def test_bench_pruning_comparison_columns(capsys):
+    from torch_hollow.bench import bench
+    from torch_hollow.cli import main
+
+    rows = bench(
+        ["torch-hollow", "prune"],
+        points=[(32, 2)],
+        sparsity=0.8,
+        rounds=2,
+        round_s=0.001,
+        memory=False,
+        steps=3,
+    )
+    by = {r.recipe: r for r in rows}
+    assert by["torch-hollow"].stored_adamw == 0.0
+    if hasattr(torch.optim, "Muon"):
+        assert by["torch-hollow"].stored_muon == 0.0
+    assert by["prune"].stored_adamw > 0  # weight_orig keeps moving under weight decay
+    assert by["torch-hollow"].extra_state_bytes == 32 * 32  # one bool per entry
+    assert by["prune"].extra_state_bytes >= 2 * 32 * 32 * 4  # weight_orig + a float mask
+    assert 0 < by["torch-hollow"].extra_state_dict_bytes < by["prune"].extra_state_dict_bytes
+    argv = ["bench", "--sparsity", "0.8", "--recipes", "torch-hollow,prune", "--points", "16x2"]
+    assert main([*argv, "--rounds", "2", "--steps", "2", "--no-memory"]) == 0
+    assert "80% of each weight pruned" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = ["BenchRow", "bench", "format_rows", "plot_rows", "to_json"]
 
+import io
 import json
 import os
 import statistics
@@ -54,14 +55,23 @@ class BenchRow:
 
 
 def _state_bytes(module: nn.Module) -> int:
-    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    # Parameters, buffers, tensor attributes (prune's computed weight) and torch-hollow's masks,
+    # each storage once.
+    tensors = [*module.parameters(), *module.buffers()]
     for m in module.modules():
-        tensors.update({id(v): v for v in vars(m).values() if isinstance(v, Tensor)})
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+        tensors += [v for v in vars(m).values() if isinstance(v, Tensor)]
+        tensors += [
+            t for p in (m.__dict__.get("_hollow_patterns") or {}).values() for t in p.tensors()
+        ]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
 
 
 def _state_dict_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    # As saved: torch.save also writes the state dict's metadata (a Mask's pattern is there).
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
 
 
 class _Case:
@@ -108,7 +118,7 @@ def _peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated(spec.device) - base
     if spec.pattern != Diagonal(0):
-        return -1  # the subprocess below rebuilds diagonal specs only
+        return -1  # the subprocess below rebuilds diagonal and pruning specs only
     # CPU (Linux): the growth of the resident set over one step, in a fresh process, with the
     # high-water mark reset after a warm-up step (/proc/self/clear_refs). A fixed mmap threshold
     # makes glibc return every large block on free, so the resident set tracks live tensors.
@@ -119,7 +129,8 @@ def _peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int
         "def kib(field):\n"
         "    with open('/proc/self/status') as f:\n"
         "        return int(re.search(field + r':\\s+(\\d+)', f.read()).group(1))\n"
-        f"spec = Spec({spec.n}, torch.device('cpu'), {spec.dtype}, groups={spec.groups})\n"
+        f"spec = Spec({spec.n}, torch.device('cpu'), {spec.dtype}, groups={spec.groups}, "
+        f"sparsity={spec.sparsity})\n"
         f"case = _Case({recipe!r}, spec, {batch}, {compiled})\n"
         "case.step(); case.opt.zero_grad(set_to_none=True)\n"
         "base = kib('VmRSS')\n"
@@ -155,7 +166,7 @@ def _correctness(recipe: str, spec: Spec, steps: int) -> tuple[float, float, flo
         torch.manual_seed(1)
         module = RECIPES[recipe](spec)
         stored = stored_params(module)
-        mask = spec.pattern.held_mask(stored.shape, spec.device)
+        mask = spec.held().held_mask(stored.shape, spec.device)
         if len(out) == 1 and stored.dim() != 2:
             return out[0], float("nan"), float("nan")  # Muon takes 2-D parameters only
         opt = make([stored])
@@ -204,6 +215,7 @@ def bench(
     dtype: torch.dtype = torch.float32,
     modes: Sequence[str] = ("eager",),
     spec: Spec | None = None,
+    sparsity: float = 0.0,
     threads: int = 2,
     rounds: int = 15,
     round_s: float = 0.05,
@@ -222,6 +234,8 @@ def bench(
         dtype: parameter and input dtype.
         modes: ``eager`` and/or ``compiled`` (``torch.compile`` of the module).
         spec: pattern and batching to use (its ``n``, device and dtype are overridden).
+        sparsity: the pruning comparison: each weight holds a seeded random mask of this
+            fraction of its entries instead of the spec's pattern.
         threads: ``torch.set_num_threads`` for the run.
         rounds: interleaved rounds per point.
         round_s: seconds per recipe per round.
@@ -256,6 +270,8 @@ def bench(
                     f"({time.perf_counter() - start:.0f} s)"
                 )
             point = replace(spec or Spec(n), n=n, device=dev, dtype=dtype)
+            if sparsity:
+                point = replace(point, sparsity=sparsity)
             rows += _measure(names, point, batch, mode, rounds, round_s, memory, steps)
     return rows
 

@@ -68,6 +68,7 @@ def _bench(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=dtype[args.dtype],
             modes=("eager", "compiled") if args.compile else ("eager",),
+            sparsity=args.sparsity,
             threads=args.threads,
             rounds=args.rounds,
             memory=not args.no_memory,
@@ -82,7 +83,9 @@ def _bench(args: argparse.Namespace) -> int:
     where = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
     print(
         f"torch {torch.__version__}, {args.device} ({where}), {args.dtype}, "
-        f"{args.threads} threads, SGD step; ratios: median ± half IQR over "
+        f"{args.threads} threads, SGD step"
+        + (f", {args.sparsity:.0%} of each weight pruned" if args.sparsity else "")
+        + "; ratios: median ± half IQR over "
         f"{args.rounds} interleaved rounds\n"
     )
     print(format_rows(rows))
@@ -121,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         help="explicit NxBATCH points, e.g. 256x1,1024x8 (overrides --sizes and --batches)",
     )
     bench.add_argument("--recipes", help="comma-separated subset (default: all)")
+    bench.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.0,
+        help="the pruning comparison: hold a random mask of this fraction of each weight "
+        "(e.g. 0.8 with --recipes torch-hollow,prune) instead of the diagonal",
+    )
     bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     bench.add_argument("--steps", type=int, default=20, help="steps for the correctness columns")

@@ -66,6 +66,10 @@ class Pattern:
         """Tensor hook for the gradient of ``weight.t()``: zero its held entries in place."""
         self.zero_(grad_t.mT)
 
+    def tensors(self) -> list[Tensor]:
+        """The tensors the pattern keeps, for memory accounting (closed forms keep none)."""
+        return []
+
     def spec(self) -> dict[str, Any]:
         """Plain data describing the pattern (saved in state-dict metadata); see `from_spec`."""
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
@@ -317,6 +321,9 @@ class Mask(Pattern):
         held = self._held_on(t.device).expand(t.shape)
         return t.detach()[held]
 
+    def tensors(self) -> list[Tensor]:
+        return [self.held, *self._on.values()]
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Mask) and (other is self or torch.equal(other.held, self.held))
 
@@ -368,6 +375,9 @@ class Union(Pattern):
 
     def held_values(self, t: Tensor) -> Tensor:
         return t.detach()[self.held_mask(t.shape, t.device)]  # once, however many parts hold it
+
+    def tensors(self) -> list[Tensor]:
+        return [t for p in self.parts for t in p.tensors()]
 
 
 def from_spec(spec: dict[str, Any]) -> Pattern:

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize, prune
 
 from .constrain import hollow_
 from .nn import HollowLinear
-from .patterns import Diagonal, Pattern
+from .patterns import Diagonal, Mask, Pattern
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,15 @@ class Spec:
     dtype: torch.dtype = torch.float32
     pattern: Pattern = field(default_factory=Diagonal)
     groups: int = 0  # 0: a plain (n, n) linear; g > 0: a batched (g, n, n) weight
+    sparsity: float = 0.0  # > 0: instead of pattern, a pruning mask holding this fraction
+
+    def held(self) -> Pattern:
+        """The held entries: ``pattern``, or a seeded random `Mask` of ``sparsity``."""
+        if not self.sparsity:
+            return self.pattern
+        shape = (self.groups, self.n, self.n) if self.groups else (self.n, self.n)
+        draw = torch.rand(shape, generator=torch.Generator().manual_seed(self.n))
+        return Mask(draw >= self.sparsity)
 
 
 class BatchedLinear(nn.Module):
@@ -75,13 +84,13 @@ def _base(spec: Spec) -> nn.Module:
 
 
 def _mask(spec: Spec, module: nn.Module) -> Tensor:
-    return spec.pattern.held_mask(module.weight.shape, spec.device)
+    return spec.held().held_mask(module.weight.shape, spec.device)
 
 
 def _hollow(spec: Spec) -> nn.Module:
     if spec.groups:
-        return hollow_(_base(spec), "weight", pattern=spec.pattern)
-    return HollowLinear(spec.n, spec.n, device=spec.device, dtype=spec.dtype, pattern=spec.pattern)
+        return hollow_(_base(spec), "weight", pattern=spec.held())
+    return HollowLinear(spec.n, spec.n, device=spec.device, dtype=spec.dtype, pattern=spec.held())
 
 
 def _w_times_mask(spec: Spec) -> nn.Module:
@@ -104,7 +113,7 @@ def _grad_hook(spec: Spec) -> nn.Module:
     # Zero once, then zero the gradient after accumulation: cheap, but Muon, autograd.grad and
     # FSDP2 go around it.
     module = _base(spec)
-    pattern = spec.pattern  # a diagonal is zeroed through a view: O(n), as users write it
+    pattern = spec.held()  # a diagonal is zeroed through a view: O(n), as users write it
     with torch.no_grad():
         pattern.zero_(module.weight)
 
