@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from _reference_patterns import PATTERNS
 from conftest import assert_bitwise_zero
 from torch import Tensor, nn
 from torch.autograd.gradcheck import GradcheckError
@@ -24,7 +25,7 @@ from torch.testing._internal.common_modules import module_db
 from torch.utils._pytree import tree_leaves
 
 from torch_hollow import HollowLinear, hollow_, is_hollow
-from torch_hollow.patterns import BlockDiagonal, Diagonal, Mask, Pattern, StackedDiagonal
+from torch_hollow.patterns import Diagonal
 
 F64 = torch.float64
 LINEAR_INFO = next(info for info in module_db if info.module_cls is nn.Linear)
@@ -37,67 +38,6 @@ def _linear_samples(device: object, dtype: torch.dtype, requires_grad: bool) -> 
 
 
 SAMPLES = {s.desc or "batch": i for i, s in enumerate(_linear_samples("cpu", F64, False))}
-
-
-def _allowed(out: int, inp: int) -> Tensor:
-    generator = torch.Generator().manual_seed(out * inp)
-    allowed = torch.rand(out, inp, generator=generator, device="cpu") > 0.4
-    allowed[0, 0] = False  # at least one held entry
-    return allowed
-
-
-# name -> (out, in) -> (pattern, held entries by index arithmetic, independent of the pattern).
-PATTERNS: dict[str, Callable[[int, int], tuple[Pattern, Tensor]]] = {}
-
-
-def _pattern(fn: Callable[[int, int, Tensor, Tensor], tuple[Pattern, Tensor]]) -> Callable:
-    def make(out: int, inp: int) -> tuple[Pattern, Tensor]:
-        # Explicit CPU: tests build subjects under `with torch.device("meta")` too.
-        i, j = torch.arange(out, device="cpu")[:, None], torch.arange(inp, device="cpu")[None, :]
-        return fn(out, inp, i, j)
-
-    PATTERNS[fn.__name__] = make
-    return fn
-
-
-@_pattern
-def diagonal(out, inp, i, j):
-    return Diagonal(0), j == i
-
-
-@_pattern
-def above(out, inp, i, j):
-    return Diagonal(1), j - i == 1
-
-
-@_pattern
-def below(out, inp, i, j):
-    return Diagonal(-1), j - i == -1
-
-
-@_pattern
-def stacked(out, inp, i, j):
-    blocks = 2 if out % 2 == 0 else out
-    return StackedDiagonal(blocks), j == i % (out // blocks)
-
-
-@_pattern
-def blocks(out, inp, i, j):
-    r0, c0 = out - out // 2, inp - inp // 2
-    pattern = BlockDiagonal(rows=(r0, out // 2), cols=(c0, inp // 2))
-    return pattern, (i < r0) == (j < c0)
-
-
-@_pattern
-def mask(out, inp, i, j):
-    allowed = _allowed(out, inp)
-    return Mask(allowed), ~allowed
-
-
-@_pattern
-def union(out, inp, i, j):
-    allowed = _allowed(out, inp)
-    return Diagonal(1) | Mask(allowed), (j - i == 1) | ~allowed
 
 
 class SelfExpressive(nn.Module):
