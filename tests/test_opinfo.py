@@ -19,8 +19,12 @@ from torch.func import functional_call, jvp
 from torch_hollow import HollowLinear, zero_diagonal_
 from torch_hollow.functional import hollow_linear
 
-# gradcheck(check_batched_grad=True) scripts a helper; torch warns about torch.jit.script.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+# gradcheck(check_batched_grad=True) warns about its own internals (2.13: torch.jit.script,
+# 2.6: torch._vmap_internals).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated"),
+    pytest.mark.filterwarnings("ignore:Please use `torch.vmap`"),
+]
 F64 = torch.float64
 SHAPES = [(4, 4), (3, 5), (6, 4)]  # (out, in)
 INPUTS = [(), (2,), (2, 3)]  # batch dims of the input
