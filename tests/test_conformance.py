@@ -173,12 +173,12 @@ def _native_rnn():
 # ---- the undefined-gradient fix (the issue's AttributeError), on every gradient path ----
 
 
-def _gradcheck_all(module: nn.Module, args: tuple, **kwargs: object) -> bool:
+def _gradcheck_all(module: nn.Module, args: tuple) -> bool:
     # As test_modules does: the function ignores its arguments' identity and calls the module,
     # whose parameters are the very tensors gradcheck perturbs.
-    inputs = (*args, *module.parameters())
+    tensors = (*args, *module.parameters())
     return torch.autograd.gradcheck(
-        lambda *_: tuple(_outputs(module, args)), inputs, check_undefined_grad=True, **kwargs
+        lambda *_: tuple(_outputs(module, args)), tensors, check_undefined_grad=True
     )
 
 
@@ -206,9 +206,9 @@ def test_undefined_gradient_through_the_traced_function(backend, device):
     layer = HollowLinear(10, 8, offset=1, device=device, dtype=F64)
     compiled = torch.compile(layer, backend=backend, fullgraph=True)
     x = torch.randn(4, 10, device=device, dtype=F64, requires_grad=True)
-    inputs = (x, *layer.parameters())
+    tensors = (x, *layer.parameters())
     try:
-        assert torch.autograd.gradcheck(lambda *_: compiled(x), inputs, check_undefined_grad=True)
+        assert torch.autograd.gradcheck(lambda *_: compiled(x), tensors, check_undefined_grad=True)
     finally:
         torch._dynamo.reset()
 

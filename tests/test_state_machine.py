@@ -323,8 +323,8 @@ TestHollowMachine = HollowMachine.TestCase
 
 
 class CompiledHollowMachine(HollowMachine):
-    """Also ``torch.compile``d forwards (aot_eager: dynamo and AOT autograd trace the Function
-    and the in-graph zeroing; the long profile has time for inductor too)."""
+    """Also ``torch.compile``d forwards: aot_eager, so dynamo and AOT autograd trace the
+    Function and the in-graph zeroing without inductor's minutes of C++ builds."""
 
     backend = "aot_eager"
 
