@@ -67,8 +67,9 @@ def zero_diagonal_(tensor: Tensor, offset: int = 0) -> Tensor:
 
     The one-shot operation done right: it works on a Parameter that requires grad (under
     ``torch.no_grad``, bumping its version so a stale graph fails loudly instead of silently using
-    the old values) and on batched ``(..., n, m)`` tensors. It does not keep the entries zero: for
-    that use `HollowLinear` or `hollow_`.
+    the old values) and on batched ``(..., n, m)`` tensors. On an intermediate result of a graph
+    the write is recorded, so the gradient through the zeroed entries is exactly 0.0. It does not
+    keep the entries zero: for that use `HollowLinear` or `hollow_`.
 
     Args:
         tensor: at least 2-D.
@@ -90,9 +91,20 @@ def zero_diagonal_(tensor: Tensor, offset: int = 0) -> Tensor:
     """
     pattern = Diagonal(offset)
     check_weight("", "tensor", tensor, pattern, floating=False)
+    if _in_graph(tensor):  # record the write: the gradient through the zeroed entries is 0.0
+        shards.zero_(tensor, pattern)
+        return tensor
     with torch.no_grad():
         shards.zero_(tensor, pattern)
     return tensor
+
+
+def _in_graph(t: Tensor) -> bool:
+    # An intermediate result of a graph (not a parameter, nor a view of one): a write under
+    # no_grad would leave its gradient the identity on entries that no longer depend on it.
+    if t.is_leaf or not (t.requires_grad and torch.is_grad_enabled()) or shards.is_dtensor(t):
+        return False
+    return t._base is None or not t._base.is_leaf
 
 
 def resolve_pattern(offset: int, pattern: Pattern | None) -> Pattern:

@@ -62,9 +62,14 @@ class Pattern:
         """How many held entries of ``t`` are not 0.0."""
         return int(torch.count_nonzero(self.held_values(t)))
 
-    def zero_transposed_grad_(self, grad_t: Tensor) -> None:
-        """Tensor hook for the gradient of ``weight.t()``: zero its held entries in place."""
-        self.zero_(grad_t.mT)
+    def zero_transposed_grad_(self, grad_t: Tensor | None) -> None:
+        """Tensor hook for the gradient of ``weight.t()``: zero its held entries in place.
+
+        Autograd passes None (an undefined gradient) when an output got no gradient; there is
+        nothing to zero then.
+        """
+        if grad_t is not None:
+            self.zero_(grad_t.mT)
 
     def tensors(self) -> list[Tensor]:
         """The tensors the pattern keeps, for memory accounting (closed forms keep none)."""
@@ -136,8 +141,9 @@ class Diagonal(Pattern):
     def views(self, t: Tensor) -> list[Tensor]:
         return [t.diagonal(self.offset, -2, -1)]
 
-    def zero_transposed_grad_(self, grad_t: Tensor) -> None:
-        grad_t.diagonal(-self.offset, -2, -1).zero_()  # the hot path of every eager backward
+    def zero_transposed_grad_(self, grad_t: Tensor | None) -> None:
+        if grad_t is not None:  # None: an undefined gradient
+            grad_t.diagonal(-self.offset, -2, -1).zero_()  # the hot path of every eager backward
 
 
 @dataclass(frozen=True)

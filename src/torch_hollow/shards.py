@@ -65,9 +65,10 @@ def zero_(t: Tensor, pattern: Pattern) -> Tensor:
     return t
 
 
-def zero_transposed_grad_(pattern: Pattern, grad_t: Tensor) -> None:
-    """Tensor hook for the gradient of a DTensor ``weight.t()``."""
-    zero_(grad_t.mT, pattern)
+def zero_transposed_grad_(pattern: Pattern, grad_t: Tensor | None) -> None:
+    """Tensor hook for the gradient of a DTensor ``weight.t()`` (None: undefined, left alone)."""
+    if grad_t is not None:
+        zero_(grad_t.mT, pattern)
 
 
 def read(t: Tensor) -> Tensor:
