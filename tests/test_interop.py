@@ -430,3 +430,19 @@ def test_hook_held_module_rebuilt_by_to_empty_keeps_every_guarantee(device):
         assert_bitwise_zero(lstm.weight_hh_l0.grad, held)
         opt.step()
         assert_bitwise_zero(lstm.weight_hh_l0, held)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "torch_hollow.cli.main",  # a torch-hollow function that is not one of its hooks
+        "torch.hub.load",  # torch, but not a torch.nn class
+        "torch.nn.init.normal_",  # torch.nn, but a function
+    ],
+)
+def test_check_refuses_any_other_global_by_name(tmp_path, payload):
+    module, _, name = payload.rpartition(".")
+    path = tmp_path / "payload.pt"
+    torch.save({"f": getattr(__import__(module, fromlist=[name]), name)}, path)
+    done = _check(path)
+    assert done.returncode == 2 and f"'{payload}'" in done.stderr, done.stderr

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import shards
+from . import guard, patterns, shards
 from .errors import HollowError
+from .nn import HollowLinear
 from .patterns import Diagonal, Pattern, from_spec
 
 
@@ -150,20 +151,31 @@ def _load(path: Path, trust_pickle: bool) -> object:
 
 
 def _model_globals(path: Path) -> list[object]:
-    # A whole model saved with torch.save(model) names its classes in the pickle. Those of
-    # torch.nn and torch-hollow (and torch-hollow's own hook functions) only restore data, so
-    # they are allowed without --trust-pickle; anything else is refused by name.
+    # A whole model saved with torch.save(model) names its classes in the pickle. torch.nn's
+    # module classes, torch-hollow's layer and pattern classes and the hooks torch-hollow puts on
+    # modules only restore data, so they are allowed without --trust-pickle; anything else (any
+    # other function a pickle could call) is refused by name.
     found = []
     for name in torch.serialization.get_unsafe_globals_in_checkpoint(path):
         module, _, qualname = name.rpartition(".")
-        obj = _resolve(module, qualname) if _ALLOWED.match(module) else None
-        if obj is None or not (isinstance(obj, type) or module.startswith("torch_hollow")):
+        obj = _resolve(module, qualname) if _TORCH_NN.match(module) else None
+        nn_class = isinstance(obj, type) and issubclass(obj, (nn.Module, _WrappedHook))
+        if not (nn_class or name in _HOLLOW):
             raise _untrusted(path, repr(name))
-        found.append(obj)
+        found.append(obj if nn_class else _HOLLOW[name])
     return found
 
 
-_ALLOWED = re.compile(r"(torch\.nn|torch_hollow)(\.\w+)*$")
+_TORCH_NN = re.compile(r"torch\.nn(\.\w+)*$")
+_WrappedHook = getattr(torch.nn.modules.module, "_WrappedHook", nn.Module)
+_HOLLOW = {
+    f"{obj.__module__}.{obj.__qualname__}": obj
+    for obj in (
+        HollowLinear,
+        *(getattr(patterns, name) for name in patterns.__all__ if name != "from_spec"),
+        *(getattr(guard, name) for name in guard.HOOKS),
+    )
+}
 
 
 def _resolve(module: str, qualname: str) -> object:

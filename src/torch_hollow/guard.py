@@ -378,6 +378,21 @@ def _post_forward(module: nn.Module, args: object, output: object) -> None:
             holder._parameters[leaf] = tensor
 
 
+# What torch.save(model) pickles of a module held by hooks: `torch-hollow check` allows these
+# names in a whole-model file without --trust-pickle.
+HOOKS = (
+    "_pre_forward",
+    "_post_forward",
+    "_pre_save",
+    "_post_save",
+    "_pre_load",
+    "_post_load",
+    "_mask_grad",
+    "_Owned",
+    "_ScriptRefusal",
+)
+
+
 class _ScriptRefusal:
     # Found by torch.jit.script as module.__prepare_scriptable__; plain data, so it pickles.
     def __init__(self, kind: str, names: list[str]) -> None:
