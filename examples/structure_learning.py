@@ -541,6 +541,30 @@ def _line(r: dict) -> str:
     )
 
 
+def table(records: list[dict]) -> str:
+    """The README's table: one row per (data, learner), seeds in the order they ran."""
+    rows: dict[tuple, list[dict]] = {}
+    for r in records:
+        rows.setdefault((r["data"], r["learner"]), []).append(r)
+    lines = [
+        "| data | learner | SHD per seed | mean SHD | TPR | FDR | max \\|diag W\\| before "
+        "threshold | time per seed (s) | mean time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (data, learner), rs in rows.items():
+        shd = [r["shd"] for r in rs]
+        times = [r["time_s"] for r in rs]
+        diag = max(r["max_abs_diag"] for r in rs)
+        lines.append(
+            f"| {data} | {learner} | {', '.join(map(str, shd))} | {sum(shd) / len(shd):.1f} | "
+            f"{sum(r['tpr'] for r in rs) / len(rs):.2f} | "
+            f"{sum(r['fdr'] for r in rs) / len(rs):.2f} | "
+            f"{'0.0' if diag == 0 else f'{diag:.1e}'} | "
+            f"{', '.join(f'{t:.1f}' for t in times)} | {sum(times) / len(times):.1f} s |"
+        )
+    return "\n".join(lines)
+
+
 def sachs() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The Sachs protein-signalling data and its consensus graph, from the installed cdt wheel."""
     spec = importlib.util.find_spec("cdt")
@@ -594,7 +618,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sachs", action="store_true", help="also the Sachs data (cdt), linear")
     parser.add_argument("--threads", type=int, default=1, help="for every learner and peer")
     parser.add_argument("--json", type=Path, help="write the records here")
+    parser.add_argument("--table", type=Path, help="only print the table of a --json file")
     args = parser.parse_args(argv)
+    if args.table:
+        records = json.loads(args.table.read_text())
+        print(table(records))
+        return records
     limit_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     linear = ["notears", "dagma"] if args.method == "all" else [args.method]
@@ -623,7 +652,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         x, truth, _ = sachs()
         x = (x - x.mean(0)) / x.std(0)
         records += run_linear(x, truth, "Sachs", None, args.threads, linear, lam1)
-    print(f"total {time.perf_counter() - started:.0f} s")
+    print(f"\n{table(records)}\n\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(records, indent=1) + "\n")
     return records
