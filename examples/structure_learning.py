@@ -128,10 +128,11 @@ def notears(
     """NOTEARS, linear, as the reference code runs it: (raw W, thresholded W).
 
     The variables are W+ and W- (``2 d^2`` of them, bounds ``(0, None)``) for scipy's L-BFGS-B,
-    with the reference's closed-form gradient. W+ and W- are the (transposed) weights of two
-    `HollowLinear` layers, and the gradient is masked by the layers' pattern, as their backward
-    would: the diagonal's gradient is exactly 0.0, so L-BFGS-B never moves it and the reference's
-    (0, 0) bounds are not needed. The final W is read through the layers' forward.
+    with the reference's closed-form gradient. W+ and W- belong to two ``HollowLinear(d, d)``
+    layers, whose pattern masks the gradient as their backward would: the diagonal's gradient is
+    exactly 0.0, so L-BFGS-B never moves it from 0.0 and the reference's (0, 0) bounds are not
+    needed. The raw W returned is L-BFGS-B's own solution (no re-zeroing); it is then loaded into
+    the layers, and reading it back through their forward gives the same tensor.
     """
     import numpy as np
     import scipy.linalg as sla
@@ -181,10 +182,11 @@ def notears(
         if h <= h_tol or rho >= rho_max:
             break
     halves = torch.from_numpy(w_est).view(2, d, d)
+    raw = halves[0] - halves[1]  # the solver's own numbers: its diagonal was never touched
     with torch.no_grad():
         pos.weight.copy_(halves[0].T)
         neg.weight.copy_(halves[1].T)
-        raw = pos(eye) - neg(eye)  # eye @ weight^T: W+ - W-, through the layers
+        assert torch.equal(pos(eye) - neg(eye), raw)  # eye @ weight^T, through the layers
     return _threshold(raw, threshold)
 
 
@@ -209,8 +211,9 @@ def dagma_linear(
     Minimises mu (0.5 tr((I-W)^T C (I-W)) + lam1 |W|_1) + h(W), h = -logdet(sI - W o W) + d log s,
     C the covariance, for mu = 1, 0.1, ...; the step and the stopping rule are dagma's (its own
     Adam, a halved step when W leaves the M-matrix domain, a stage retried with a larger s). W is
-    the transpose of a ``HollowLinear(d, d)`` weight; the closed-form gradient is masked by the
-    layer's pattern, as its backward would, so the diagonal is exactly 0.0 at every step.
+    the transpose of a ``HollowLinear(d, d)`` weight, updated in place; the closed-form gradient
+    is masked by the layer's pattern, as its backward would, so the stored diagonal is exactly 0.0
+    at every step (the raw W returned is that stored weight, not re-zeroed).
     """
     n, d = x.shape
     x = x - x.mean(0)
@@ -229,8 +232,7 @@ def dagma_linear(
                 layer.weight.copy_(start)
             step, s_path[stage] = step / 2, s_path[stage] + 0.1
         mu *= mu_factor
-    with torch.no_grad():
-        raw = layer(torch.eye(d, dtype=torch.float64))  # eye @ weight^T = W, via the layer
+    raw = layer.weight.detach().T.clone()  # the stored weight, as the Adam steps left it
     return _threshold(raw, threshold)
 
 
