@@ -1,15 +1,26 @@
-"""NOTEARS-style structure learning of a linear SEM, with W held hollow by torch-hollow.
+"""Structure learning with W held hollow by torch-hollow: NOTEARS, DAGMA and DAGMA-MLP.
 
-    python examples/structure_learning.py                    # ER2 graphs, d=20, n=1000, 5 seeds
+    python examples/structure_learning.py --method all --seeds 0,1,2,3,4 --json out.json
+    pip install dagma gcastle    # the peers run side by side, each in its own process
     pip install --no-deps cdt && python examples/structure_learning.py --sachs
-    pip install dagma && python examples/structure_learning.py   # dagma side by side
 
-A linear SEM X = X W + E has no self-loops: diag(W) = 0. The reference NOTEARS code keeps it only
-through L-BFGS-B bounds, which torch optimizers ignore; here W is the transpose of a
-`HollowLinear(d, d, bias=False)` weight, so it is exactly 0 before thresholding. The learner
-minimises 0.5/n ||X - X W||^2 + lam1 |W|_1 under h(W) = tr(exp(W o W)) - d = 0 with the augmented
-Lagrangian of NOTEARS (Zheng et al. 2018), each subproblem solved by torch's L-BFGS; and
-`--method dagma`: DAGMA's log-det central path (Bello et al. 2022) with Adam, W hollow too.
+A structural equation model has no self-loops: node j never reads itself. The reference codes
+keep that with L-BFGS-B bounds (NOTEARS) or not at all (dagma's diagonal drifts to ~1e-5 and is
+thresholded away). Here the weights live in torch-hollow layers and the self-loops are bitwise
+0.0 before any thresholding:
+
+- ``notears``: NOTEARS (Zheng et al. 2018) as its reference code runs it: W = W+ - W-, both >= 0,
+  least squares + lam1 * sum(W+ + W-), augmented Lagrangian on h(W) = tr(exp(W o W)) - d, each
+  subproblem solved by scipy's L-BFGS-B. W+ and W- are two ``HollowLinear(d, d)`` weights, so
+  the diagonal needs no (0, 0) bounds: autograd through the layers gives it a zero gradient.
+- ``dagma``: DAGMA's log-det central path (Bello et al. 2022) with its closed-form gradient and
+  Adam, W the weight of a ``HollowLinear(d, d)`` whose pattern masks the gradient.
+- ``mlp``: DAGMA-MLP: node j = MLP_j(X), the first layer a ``HollowLinear(d, d*m)`` held with
+  ``BlockDiagonal(rows=m, cols=1)``: the m hidden units of node j never read input j.
+
+Peers, each when installed (run in a subprocess: gcastle sets torch's default dtype globally):
+dagma's ``DagmaLinear`` and ``DagmaMLP``, gcastle's ``Notears`` (which uses the polynomial h of
+Yu et al. 2019 instead of the matrix exponential).
 """
 
 from __future__ import annotations
@@ -18,164 +29,64 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from torch_hollow import HollowLinear
+from torch_hollow.patterns import BlockDiagonal
+
+LINEAR_LEARNERS = ("torch-hollow notears", "gcastle notears", "torch-hollow dagma", "dagma linear")
+MLP_LEARNERS = ("torch-hollow mlp", "dagma mlp")
 
 
-def simulate(d: int, n: int, seed: int, edges_per_node: float = 2.0):
-    """An Erdos-Renyi DAG (expected d * edges_per_node edges), weights +-[0.5, 2], Gaussian SEM."""
-    gen = torch.Generator().manual_seed(seed)
+# ----------------------------------------------------------------------------- data
+
+
+def random_dag(d: int, gen: torch.Generator, edges_per_node: float) -> tuple[torch.Tensor, list]:
+    """An Erdos-Renyi DAG (expected d * edges_per_node edges) and a topological order."""
     p = 2 * edges_per_node / (d - 1)
     upper = (torch.rand(d, d, generator=gen) < p).triu(1)
     perm = torch.randperm(d, generator=gen)
-    dag = upper[perm][:, perm]
-    scale = torch.rand(d, d, generator=gen, dtype=torch.float64) * 1.5 + 0.5
-    sign = torch.where(torch.rand(d, d, generator=gen) < 0.5, -1.0, 1.0).double()
-    w_true = dag * scale * sign
+    return upper[perm][:, perm], torch.argsort(perm).tolist()
+
+
+def _signed_uniform(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    scale = torch.rand(shape, generator=gen, dtype=torch.float64) * 1.5 + 0.5  # [0.5, 2]
+    return torch.where(torch.rand(shape, generator=gen) < 0.5, -scale, scale)
+
+
+def simulate(d: int, n: int, seed: int, edges_per_node: float = 2.0):
+    """Linear Gaussian SEM on an ER DAG, weights +-[0.5, 2]: (X, true adjacency)."""
+    gen = torch.Generator().manual_seed(seed)
+    dag, _ = random_dag(d, gen, edges_per_node)
+    w_true = dag * _signed_uniform((d, d), gen)
     noise = torch.randn(n, d, generator=gen, dtype=torch.float64)
     x = noise @ torch.linalg.inv(torch.eye(d, dtype=torch.float64) - w_true)
     return x, dag
 
 
-def acyclicity(w: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.matrix_exp(w * w).diagonal().sum() - w.shape[0]
-
-
-def notears(
-    x: torch.Tensor,
-    lam1: float = 0.1,
-    threshold: float = 0.3,
-    h_tol: float = 1e-8,
-    rho_max: float = 1e16,
-    max_outer: int = 100,
-    eps: float = 0.05,
-    iters: int = 200,
-):
-    """Return (W before thresholding, W after thresholding) for data ``x`` (n x d).
-
-    The augmented Lagrangian of NOTEARS: rho grows tenfold while h does not shrink by 4x, then
-    alpha += rho * h. Each subproblem is solved by torch's L-BFGS with |w| smoothed as
-    sqrt(w^2 + eps^2) - eps (eps far below the 0.3 threshold).
-    """
-    n, d = x.shape
-    x = x - x.mean(0)
-    layer = HollowLinear(d, d, bias=False, dtype=torch.float64)
-    torch.nn.init.zeros_(layer.weight)
-    rho, alpha, h = 1.0, 0.0, float("inf")
-    for _ in range(max_outer):
-        while rho < rho_max:
-            opt = torch.optim.LBFGS(
-                layer.parameters(),
-                max_iter=iters,
-                history_size=20,
-                tolerance_grad=1e-7,
-                tolerance_change=1e-10,
-                line_search_fn="strong_wolfe",
-            )
-
-            def closure(opt=opt, rho=rho, alpha=alpha):
-                opt.zero_grad()
-                w = layer.weight.T  # X W: column j of W holds the parents of node j
-                hw = acyclicity(w)
-                loss = (
-                    0.5 / n * (x - layer(x)).square().sum()
-                    + lam1 * ((w * w + eps * eps).sqrt() - eps).sum()
-                    + 0.5 * rho * hw * hw
-                    + alpha * hw
-                )
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-            with torch.no_grad():
-                h_new = acyclicity(layer.weight.T).item()
-            if h_new > 0.25 * h:
-                rho *= 10
-            else:
-                break
-        h = h_new
-        alpha += rho * h
-        if h <= h_tol or rho >= rho_max:
-            break
-    raw = layer.weight.detach().T.clone()
-    return raw, raw.masked_fill(raw.abs() < threshold, 0.0)
-
-
-def dagma_style(
-    x: torch.Tensor,
-    lam1: float = 0.02,
-    threshold: float = 0.3,
-    s_path: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6),
-    mu_init: float = 1.0,
-    mu_factor: float = 0.1,
-    warm_iter: int = 30000,
-    max_iter: int = 60000,
-    lr: float = 3e-4,
-    checkpoint: int = 1000,
-    tol: float = 1e-6,
-):
-    """DAGMA's central path (Bello et al. 2022) with W held hollow: (raw W, thresholded W).
-
-    Minimises mu (0.5/n ||X - X W||^2 + lam1 |W|_1) + h(W), h = -logdet(sI - W o W) + d log s,
-    with Adam, for mu = 1, 0.1, ...; W must keep sI - W o W an M-matrix, else the stage restarts
-    with half the step and a larger s. dagma itself leaves diag(W) free; here it is exactly 0.
-    """
-    d = x.shape[1]
-    x = x - x.mean(0)
-    layer = HollowLinear(d, d, bias=False, dtype=torch.float64)
-    torch.nn.init.zeros_(layer.weight)
-    eye = torch.eye(d, dtype=torch.float64)
-    mu = mu_init
-    for stage, s in enumerate(s_path):
-        iters = max_iter if stage == len(s_path) - 1 else warm_iter
-        start, step = layer.weight.detach().clone(), lr
-        while not _dagma_stage(layer, x, eye, mu, s, lam1, iters, step, checkpoint, tol):
-            with torch.no_grad():
-                layer.weight.copy_(start)
-            step, s = step / 2, s + 0.1
-        mu *= mu_factor
-    raw = layer.weight.detach().T.clone()
-    return raw, raw.masked_fill(raw.abs() < threshold, 0.0)
-
-
-def _dagma_stage(
-    layer: HollowLinear,
-    x: torch.Tensor,
-    eye: torch.Tensor,
-    mu: float,
-    s: float,
-    lam1: float,
-    iters: int,
-    lr: float,
-    checkpoint: int,
-    tol: float,
-) -> bool:
-    n, d = x.shape
-    opt = torch.optim.Adam(layer.parameters(), lr=lr, betas=(0.99, 0.999))
-    previous = None
-    for it in range(1, iters + 1):
-        w = layer.weight.T  # X W: column j of W holds the parents of node j
-        with torch.no_grad():
-            if (torch.linalg.inv(s * eye - w * w) < -1e-12).any():
-                return False  # left the M-matrix domain: restart the stage more carefully
-        opt.zero_grad()
-        score = 0.5 / n * (x - layer(x)).square().sum()
-        h = -torch.linalg.slogdet(s * eye - w * w)[1] + d * math.log(s)
-        loss = mu * (score + lam1 * w.abs().sum()) + h
-        loss.backward()
-        opt.step()
-        if it % checkpoint == 0:  # stop once the objective moves by less than tol, relatively
-            if previous is not None and abs(previous - loss.item()) <= tol * abs(previous):
-                break
-            previous = loss.item()
-    return True
+def simulate_mlp(d: int, n: int, seed: int, edges_per_node: float = 1.0, hidden: int = 100):
+    """dagma's ``mlp`` SEM: x_j = sigmoid(X_pa W1) W2 + N(0, 1), W1, W2 +-[0.5, 2]."""
+    gen = torch.Generator().manual_seed(seed)
+    dag, order = random_dag(d, gen, edges_per_node)
+    x = torch.zeros(n, d, dtype=torch.float64)
+    for j in order:
+        z = torch.randn(n, generator=gen, dtype=torch.float64)
+        parents = dag[:, j].nonzero().flatten()
+        if len(parents):
+            w1 = _signed_uniform((len(parents), hidden), gen)
+            w2 = _signed_uniform((hidden,), gen)
+            z = z + torch.sigmoid(x[:, parents] @ w1) @ w2
+        x[:, j] = z
+    return x, dag
 
 
 def accuracy(b_true: torch.Tensor, w_est: torch.Tensor) -> dict[str, float]:
@@ -194,33 +105,466 @@ def accuracy(b_true: torch.Tensor, w_est: torch.Tensor) -> dict[str, float]:
     }
 
 
-DAGMA_SCRIPT = """
-import json, sys, time, numpy as np
-from dagma.linear import DagmaLinear
-x = np.load(sys.argv[1]); start = time.perf_counter()
-w = DagmaLinear(loss_type="l2").fit(x, lambda1=0.02, w_threshold=0.3)
-print(json.dumps({"w": w.tolist(), "time": time.perf_counter() - start}))
+def acyclicity(w: torch.Tensor) -> torch.Tensor:
+    """NOTEARS' h(W) = tr(exp(W o W)) - d: 0 exactly on DAGs."""
+    return torch.linalg.matrix_exp(w * w).diagonal().sum() - w.shape[0]
+
+
+def _threshold(raw: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return raw, raw.masked_fill(raw.abs() < threshold, 0.0)
+
+
+# ----------------------------------------------------------------------------- NOTEARS
+
+
+def notears(
+    x: torch.Tensor,
+    lam1: float = 0.1,
+    threshold: float = 0.3,
+    h_tol: float = 1e-8,
+    rho_max: float = 1e16,
+    max_iter: int = 100,
+):
+    """NOTEARS, linear, as the reference code runs it: (raw W, thresholded W).
+
+    The variables are W+ and W- (``2 d^2`` of them, bounds ``(0, None)``) for scipy's L-BFGS-B,
+    with the reference's closed-form gradient. W+ and W- belong to two ``HollowLinear(d, d)``
+    layers, whose pattern masks the gradient as their backward would: the diagonal's gradient is
+    exactly 0.0, so L-BFGS-B never moves it from 0.0 and the reference's (0, 0) bounds are not
+    needed. The raw W returned is L-BFGS-B's own solution (no re-zeroing); it is then loaded into
+    the layers, and reading it back through their forward gives the same tensor.
+    """
+    import numpy as np
+    import scipy.linalg as sla
+    import scipy.optimize as sopt
+
+    n, d = x.shape
+    x = x - x.mean(0)
+    cov = x.T @ x / n  # 0.5/n ||X - XW||^2 = 0.5 tr((I - W)^T C (I - W))
+    eye = torch.eye(d, dtype=torch.float64)
+    pos = HollowLinear(d, d, bias=False, dtype=torch.float64)  # pos.weight = (W+)^T
+    neg = HollowLinear(d, d, bias=False, dtype=torch.float64)
+    grad = torch.zeros(2, d, d, dtype=torch.float64)  # the reference's layout: W+, then W-
+    hold = pos.pattern.zero_
+
+    def func(flat: np.ndarray, rho: float, alpha: float) -> tuple[float, np.ndarray]:
+        halves = torch.from_numpy(flat).view(2, d, d)
+        w = halves[0] - halves[1]
+        e = torch.from_numpy(sla.expm((w * w).numpy()))  # 5x faster than torch's at d = 20
+        h = e.diagonal().sum().item() - d
+        rhs = cov @ (eye - w)
+        loss = 0.5 * torch.vdot((eye - w).flatten(), rhs.flatten()).item()
+        g = torch.addcmul(rhs, e.T, w, value=-2 * (rho * h + alpha)).neg_()  # dL/dW + dh/dW
+        hold(grad[0].copy_(g).add_(lam1))
+        hold(grad[1].copy_(g).neg_().add_(lam1))
+        obj = loss + 0.5 * rho * h * h + alpha * h + lam1 * float(flat.sum())
+        return obj, grad.view(-1).numpy()
+
+    def h_of(flat: np.ndarray) -> float:
+        w = torch.from_numpy(flat).view(2, d, d)
+        return acyclicity(w[0] - w[1]).item()
+
+    w_est, rho, alpha, h = np.zeros(2 * d * d), 1.0, 0.0, math.inf
+    bounds = [(0, None)] * (2 * d * d)
+    for _ in range(max_iter):
+        w_new, h_new = w_est, h
+        while rho < rho_max:
+            sol = sopt.minimize(
+                func, w_est, args=(rho, alpha), method="L-BFGS-B", jac=True, bounds=bounds
+            )
+            w_new, h_new = sol.x, h_of(sol.x)
+            if h_new > 0.25 * h:
+                rho *= 10
+            else:
+                break
+        w_est, h = w_new, h_new
+        alpha += rho * h
+        if h <= h_tol or rho >= rho_max:
+            break
+    halves = torch.from_numpy(w_est).view(2, d, d)
+    raw = halves[0] - halves[1]  # the solver's own numbers: its diagonal was never touched
+    with torch.no_grad():
+        pos.weight.copy_(halves[0].T)
+        neg.weight.copy_(halves[1].T)
+        assert torch.equal(pos(eye) - neg(eye), raw)  # eye @ weight^T, through the layers
+    return _threshold(raw, threshold)
+
+
+# ----------------------------------------------------------------------------- DAGMA, linear
+
+
+def dagma_linear(
+    x: torch.Tensor,
+    lam1: float = 0.02,
+    threshold: float = 0.3,
+    s_path: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6),
+    mu_init: float = 1.0,
+    mu_factor: float = 0.1,
+    warm_iter: int = 30000,
+    max_iter: int = 60000,
+    lr: float = 3e-4,
+    checkpoint: int = 1000,
+    tol: float = 1e-6,
+):
+    """DAGMA's central path (Bello et al. 2022) with W held hollow: (raw W, thresholded W).
+
+    Minimises mu (0.5 tr((I-W)^T C (I-W)) + lam1 |W|_1) + h(W), h = -logdet(sI - W o W) + d log s,
+    C the covariance, for mu = 1, 0.1, ...; the step and the stopping rule are dagma's (its own
+    Adam, a halved step when W leaves the M-matrix domain, a stage retried with a larger s). W is
+    the transpose of a ``HollowLinear(d, d)`` weight, updated in place; the closed-form gradient
+    is masked by the layer's pattern, as its backward would, so the stored diagonal is exactly 0.0
+    at every step (the raw W returned is that stored weight, not re-zeroed).
+    """
+    n, d = x.shape
+    x = x - x.mean(0)
+    cov = x.T @ x / n
+    layer = HollowLinear(d, d, bias=False, dtype=torch.float64)
+    torch.nn.init.zeros_(layer.weight)
+    s_path = list(s_path)
+    mu = mu_init
+    for stage in range(len(s_path)):
+        iters = max_iter if stage == len(s_path) - 1 else warm_iter
+        start, step = layer.weight.detach().clone(), lr
+        while not _dagma_stage(
+            layer, x, cov, mu, s_path[stage], lam1, iters, step, checkpoint, tol
+        ):
+            with torch.no_grad():
+                layer.weight.copy_(start)
+            step, s_path[stage] = step / 2, s_path[stage] + 0.1
+        mu *= mu_factor
+    raw = layer.weight.detach().T.clone()  # the stored weight, as the Adam steps left it
+    return _threshold(raw, threshold)
+
+
+def _dagma_objective(layer: HollowLinear, x: torch.Tensor, mu: float, s: float, lam1: float):
+    with torch.no_grad():  # through the layer's forward, which re-zeroes any stray write
+        w = layer.weight.T
+        score = 0.5 / x.shape[0] * (x - layer(x)).square().sum()
+        eye = torch.eye(w.shape[0], dtype=w.dtype)
+        h = -torch.linalg.slogdet(s * eye - w * w)[1] + w.shape[0] * math.log(s)
+        return (mu * (score + lam1 * w.abs().sum()) + h).item()
+
+
+def _dagma_stage(
+    layer: HollowLinear,
+    x: torch.Tensor,
+    cov: torch.Tensor,
+    mu: float,
+    s: float,
+    lam1: float,
+    iters: int,
+    lr: float,
+    checkpoint: int,
+    tol: float,
+    beta1: float = 0.99,
+    beta2: float = 0.999,
+) -> bool:
+    """One stage, dagma's loop step for step, in weight layout (V = W^T, so M^T = sI - V o V)."""
+    v = layer.weight.detach()  # the stored weight itself: updates land in the layer
+    d = v.shape[0]
+    s_eye = s * torch.eye(d, dtype=v.dtype)
+    grad, m1, m2 = torch.zeros_like(v), torch.zeros_like(v), torch.zeros_like(v)
+    minus_mu_cov = -mu * cov
+    direction = torch.zeros_like(v)
+    previous = 1e16
+    for it in range(1, iters + 1):
+        inv = torch.linalg.inv_ex(torch.addcmul(s_eye, v, v, value=-1.0))[0]
+        while inv.min().item() < -1e-16:  # sI - W o W is not an M-matrix
+            if it == 1 or s <= 0.9:
+                return False
+            v.add_(direction, alpha=lr)  # undo the last step, retake it at half the rate
+            lr *= 0.5
+            if lr <= 1e-16:
+                return True
+            v.sub_(direction, alpha=lr)
+            inv = torch.linalg.inv_ex(torch.addcmul(s_eye, v, v, value=-1.0))[0]
+        # d/dV of mu (score + lam1 |V|_1) + h: mu (V C - C) + mu lam1 sign(V) + 2 V o inv(M^T)^T
+        torch.addmm(minus_mu_cov, v, cov, alpha=mu, out=grad)
+        grad.add_(torch.sign(v), alpha=mu * lam1).addcmul_(v, inv.T, value=2.0)
+        layer.pattern.zero_(grad)  # what HollowLinear's backward does to its gradient
+        m1.lerp_(grad, 1 - beta1)  # dagma's Adam
+        m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        torch.div(m2, 1 - beta2**it, out=direction).sqrt_().add_(1e-8)
+        torch.div(m1, direction, out=direction).div_(1 - beta1**it)
+        v.sub_(direction, alpha=lr)
+        if it % checkpoint == 0 or it == iters:
+            current = _dagma_objective(layer, x, mu, s, lam1)
+            if abs((previous - current) / previous) <= tol:
+                break
+            previous = current
+    return True
+
+
+# ----------------------------------------------------------------------------- DAGMA, MLP
+
+
+class HollowMLP(nn.Module):
+    """DAGMA-MLP's model: node j = b_j + sum_k a_jk sigmoid(fc1(X)_jk); fc1 block-hollow.
+
+    ``fc1`` is a ``HollowLinear(d, d*m)`` held with ``BlockDiagonal(rows=m, cols=1)``: rows
+    ``[j*m, (j+1)*m)`` (the hidden units of node j) read input j through a weight that is
+    exactly 0.0, so no node ever reads itself.
+    """
+
+    def __init__(self, d: int, hidden: int = 10) -> None:
+        super().__init__()
+        self.d, self.hidden = d, hidden
+        self.fc1 = HollowLinear(
+            d, d * hidden, dtype=torch.float64, pattern=BlockDiagonal(rows=hidden, cols=1)
+        )
+        nn.init.zeros_(self.fc1.weight)
+        nn.init.zeros_(self.fc1.bias)
+        bound = 1 / math.sqrt(hidden)  # dagma's LocallyConnected(d, m, 1) init
+        self.fc2_weight = nn.Parameter(torch.empty(d, hidden, 1, dtype=torch.float64))
+        self.fc2_bias = nn.Parameter(torch.empty(d, 1, dtype=torch.float64))
+        nn.init.uniform_(self.fc2_weight, -bound, bound)
+        nn.init.uniform_(self.fc2_bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.sigmoid(self.fc1(x).view(-1, self.d, self.hidden))
+        return torch.einsum("ndm,dm->nd", hidden, self.fc2_weight[..., 0]) + self.fc2_bias[:, 0]
+
+    def squared_adjacency(self) -> torch.Tensor:
+        """A[i, j] = sum_k fc1.weight[j*m + k, i]^2: how strongly node j reads node i."""
+        return self.fc1.weight.view(self.d, self.hidden, self.d).square().sum(1).T
+
+    def acyclicity(self, s: float = 1.0) -> torch.Tensor:
+        eye = torch.eye(self.d, dtype=torch.float64)
+        return -torch.linalg.slogdet(s * eye - self.squared_adjacency())[1] + self.d * math.log(s)
+
+
+def dagma_mlp(
+    x: torch.Tensor,
+    hidden: int = 10,
+    lam1: float = 0.02,
+    lam2: float = 0.005,
+    threshold: float = 0.3,
+    stages: int = 4,
+    mu_init: float = 0.1,
+    mu_factor: float = 0.1,
+    s: float = 1.0,
+    warm_iter: int = 50000,
+    max_iter: int = 80000,
+    lr: float = 2e-4,
+    checkpoint: int = 1000,
+    tol: float = 1e-6,
+    seed: int = 0,
+):
+    """DAGMA-MLP (Bello et al. 2022) on a `HollowMLP`: (raw W, thresholded W), W = sqrt(A).
+
+    dagma's ``DagmaNonlinear.fit`` loop: per stage, Adam (weight decay mu * lam2) on
+    mu (0.5 d log(MSE) + lam1 |fc1|_1) + h, stopped when the objective moves by less than tol
+    between checkpoints; a stage whose h turns negative restarts at half the rate.
+    """
+    torch.manual_seed(seed)
+    x = x.to(torch.float64)
+    model = HollowMLP(x.shape[1], hidden)
+    mu = mu_init
+    for stage in range(stages):
+        iters = max_iter if stage == stages - 1 else warm_iter
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        s_cur, decay = s, False
+        while not _mlp_stage(model, x, iters, lr, lam1, lam2, mu, s_cur, decay, checkpoint, tol):
+            model.load_state_dict(saved)
+            lr, decay, s_cur = lr * 0.5, True, 1.0
+            if lr < 1e-10:
+                break
+        mu *= mu_factor
+    with torch.no_grad():
+        raw = model.squared_adjacency().sqrt()
+    return _threshold(raw, threshold)
+
+
+def _mlp_stage(model, x, iters, lr, lam1, lam2, mu, s, decay, checkpoint, tol) -> bool:
+    n, d = x.shape
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.99, 0.999), weight_decay=mu * lam2)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8) if decay else None
+    previous = 1e16
+    for i in range(iters):
+        opt.zero_grad()
+        h = model.acyclicity(s)
+        if h.item() < 0:
+            return False
+        score = 0.5 * d * torch.log((model(x) - x).square().sum() / n)
+        obj = mu * (score + lam1 * model.fc1.weight.abs().sum()) + h
+        obj.backward()
+        opt.step()
+        if scheduler is not None and (i + 1) % 1000 == 0:
+            scheduler.step()
+        if i % checkpoint == 0 or i == iters - 1:
+            current = obj.item()
+            if abs((previous - current) / previous) <= tol:
+                break
+            previous = current
+    return True
+
+
+# ----------------------------------------------------------------------------- peers
+
+PEER_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+job = json.load(open(sys.argv[1]))
+x = np.load(job["x"])
+if job["learner"] == "dagma linear":
+    from dagma.linear import DagmaLinear
+    start = time.perf_counter()
+    w = DagmaLinear(loss_type="l2").fit(x, lambda1=job["lam1"], w_threshold=0.0)
+elif job["learner"] == "dagma mlp":
+    import torch
+    from dagma.nonlinear import DagmaMLP, DagmaNonlinear
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(job["seed"])
+    model = DagmaNonlinear(DagmaMLP(dims=[x.shape[1], job["hidden"], 1], bias=True))
+    start = time.perf_counter()
+    w = model.fit(x, w_threshold=0.0, **job["fit"])
+elif job["learner"] == "gcastle notears":
+    from castle.algorithms import Notears
+    start = time.perf_counter()
+    model = Notears(lambda1=job["lam1"], loss_type="l2", w_threshold=0.0)
+    model.learn(x)
+    w = np.asarray(model.weight_causal_matrix)
+print(json.dumps({"w": np.asarray(w).tolist(), "time": time.perf_counter() - start}))
 """
 
+PEER_MODULES = {"dagma linear": "dagma", "dagma mlp": "dagma", "gcastle notears": "castle"}
 
-def run_dagma(x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-    """dagma's DagmaLinear on the same data, in a separate process; None if not installed."""
-    if importlib.util.find_spec("dagma") is None:
-        return None
+
+def start_peer(learner: str, x: torch.Tensor, threads: int, **job) -> Callable[[], tuple | None]:
+    """Start a peer on ``x`` in a separate process; the returned call waits for it and gives
+    (raw W, fit seconds), or None if the peer is not installed or failed."""
+    if importlib.util.find_spec(PEER_MODULES[learner]) is None:
+        return lambda: None
     import numpy as np
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "x.npy"
-        np.save(path, x.numpy())
-        done = subprocess.run(
-            [sys.executable, "-c", DAGMA_SCRIPT, str(path)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=1800,
+    env = dict(os.environ)  # the same thread count for every BLAS the peer may use
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    tmp = tempfile.TemporaryDirectory()
+    np.save(Path(tmp.name) / "x.npy", x.numpy())
+    spec = Path(tmp.name) / "job.json"
+    spec.write_text(
+        json.dumps(
+            {"learner": learner, "x": str(Path(tmp.name) / "x.npy"), "threads": threads, **job}
         )
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    return torch.tensor(out["w"], dtype=torch.float64), out["time"]
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PEER_SCRIPT, str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+    def finish() -> tuple | None:
+        stdout, stderr = proc.communicate(timeout=3600)
+        tmp.cleanup()
+        if proc.returncode != 0:
+            print(f"{learner} failed:\n{stderr[-2000:]}", file=sys.stderr)
+            return None
+        out = json.loads(stdout.strip().splitlines()[-1])
+        return torch.tensor(out["w"], dtype=torch.float64), out["time"]
+
+    return finish
+
+
+def run_peer(learner: str, x: torch.Tensor, threads: int, **job) -> tuple | None:
+    """A peer's (raw W, fit seconds), run in a separate process; None if not installed."""
+    return start_peer(learner, x, threads, **job)()
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _record(learner: str, data: str, seed, truth, raw, thresholded, seconds) -> dict:
+    return {
+        "learner": learner,
+        "data": data,
+        "seed": seed,
+        **accuracy(truth, thresholded),
+        "time_s": round(seconds, 3),
+        "max_abs_diag": raw.diagonal().abs().max().item(),
+    }
+
+
+def run_linear(
+    x, truth, data: str, seed, threads: int, methods, lam1: dict, log=print, **kw
+) -> list[dict]:
+    """torch-hollow NOTEARS / DAGMA and their peers on one data set: one record each."""
+    ours: dict[str, tuple[str, Callable]] = {
+        "notears": ("torch-hollow notears", notears),
+        "dagma": ("torch-hollow dagma", dagma_linear),
+    }
+    peers = {"notears": "gcastle notears", "dagma": "dagma linear"}
+    records = []
+    for key in methods:
+        name, learn = ours[key]
+        finish = start_peer(peers[key], x, threads, lam1=lam1[key])  # alongside: the same load
+        start = time.perf_counter()
+        raw, w = learn(x, lam1=lam1[key], **kw.get(key, {}))
+        records.append(_record(name, data, seed, truth, raw, w, time.perf_counter() - start))
+        log(_line(records[-1]))
+        peer = finish()
+        if peer is None:
+            log(f"  {peers[key]}: not installed, skipped")
+            continue
+        raw, seconds = peer
+        records.append(_record(peers[key], data, seed, truth, *_threshold(raw, 0.3), seconds))
+        log(_line(records[-1]))
+    return records
+
+
+def run_mlp(x, truth, data: str, seed, threads: int, hidden: int, fit: dict, log=print):
+    """torch-hollow DAGMA-MLP and dagma's DagmaMLP on the same data and settings."""
+    finish = start_peer("dagma mlp", x, threads, seed=seed, hidden=hidden, fit=fit)
+    start = time.perf_counter()
+    raw, w = dagma_mlp(x, hidden=hidden, seed=seed, **_mlp_kwargs(fit))
+    records = [_record("torch-hollow mlp", data, seed, truth, raw, w, time.perf_counter() - start)]
+    log(_line(records[-1]))
+    peer = finish()
+    if peer is None:
+        log("  dagma mlp: not installed, skipped")
+    else:
+        raw, seconds = peer
+        records.append(_record("dagma mlp", data, seed, truth, *_threshold(raw, 0.3), seconds))
+        log(_line(records[-1]))
+    return records
+
+
+def _mlp_kwargs(fit: dict) -> dict:
+    names = {"lambda1": "lam1", "lambda2": "lam2", "T": "stages"}
+    return {names.get(k, k): v for k, v in fit.items()}
+
+
+def _line(r: dict) -> str:
+    return (
+        f"  {r['learner']:22s} SHD {r['shd']:3d}  TPR {r['tpr']:.2f}  FDR {r['fdr']:.2f}  "
+        f"max|diag| {r['max_abs_diag']:.1e}  {r['time_s']:.1f} s"
+    )
+
+
+def table(records: list[dict]) -> str:
+    """The README's table: one row per (data, learner), seeds in the order they ran."""
+    rows: dict[tuple, list[dict]] = {}
+    for r in records:
+        rows.setdefault((r["data"], r["learner"]), []).append(r)
+    lines = [
+        "| data | learner | SHD per seed | mean SHD | TPR | FDR | max \\|diag W\\| before "
+        "threshold | time per seed (s) | mean time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (data, learner), rs in rows.items():
+        shd = [r["shd"] for r in rs]
+        times = [r["time_s"] for r in rs]
+        diag = max(r["max_abs_diag"] for r in rs)
+        lines.append(
+            f"| {data} | {learner} | {', '.join(map(str, shd))} | {sum(shd) / len(shd):.1f} | "
+            f"{sum(r['tpr'] for r in rs) / len(rs):.2f} | "
+            f"{sum(r['fdr'] for r in rs) / len(rs):.2f} | "
+            f"{'0.0' if diag == 0 else f'{diag:.1e}'} | "
+            f"{', '.join(f'{t:.1f}' for t in times)} | {sum(times) / len(times):.1f} s |"
+        )
+    return "\n".join(lines)
 
 
 def sachs() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -244,88 +588,76 @@ def sachs() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return x, target, names
 
 
-def report(rows: list[dict]) -> None:
-    print("\n| data | method | SHD | TPR | FDR | edges | max abs diag before threshold | time s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['data']} | {r['method']} | {r['shd']} | {r['tpr']:.2f} | {r['fdr']:.2f} | "
-            f"{r['edges']} | {r['diag']} | {r['time']:.1f} |"
-        )
+def limit_threads(threads: int) -> None:
+    """One thread count for torch and for the BLAS that numpy and scipy load (scipy's L-BFGS-B
+    calls its own OpenBLAS: left at two threads on two busy cores, NOTEARS ran 7x slower)."""
+    torch.set_num_threads(threads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)  # for BLAS libraries loaded from now on
+    try:
+        import scipy.linalg
+        import scipy.optimize  # noqa: F401  (load scipy's BLAS before limiting it)
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(threads)
 
 
-METHODS = {
-    "notears": ("torch-hollow NOTEARS", notears),
-    "dagma": ("torch-hollow DAGMA-style", dagma_style),
-}
-
-
-def evaluate(
-    name: str,
-    x: torch.Tensor,
-    truth: torch.Tensor,
-    methods: list[str],
-    lam1: float | None,
-    dagma: bool,
-) -> list:
-    rows = []
-    for key in methods:
-        label, learn = METHODS[key]
-        start = time.perf_counter()
-        raw, w = learn(x) if lam1 is None else learn(x, lam1=lam1)
-        rows.append(
-            {
-                "data": name,
-                "method": label,
-                **accuracy(truth, w),
-                "diag": f"{raw.diagonal().abs().max().item():.1f}",
-                "time": time.perf_counter() - start,
-            }
-        )
-    if dagma:
-        result = run_dagma(x)
-        if result is None:
-            print("dagma is not installed (pip install dagma) - skipping the comparison")
-        else:
-            w_dagma, seconds = result
-            rows.append(
-                {
-                    "data": name,
-                    "method": "dagma (DagmaLinear)",
-                    **accuracy(truth, w_dagma),
-                    "diag": "thresholded",
-                    "time": seconds,
-                }
-            )
-    return rows
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--d", type=int, default=20)
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--lam1", type=float, help="L1 weight (default: 0.1 NOTEARS, 0.02 DAGMA)")
-    parser.add_argument("--method", choices=["notears", "dagma", "both"], default="both")
-    parser.add_argument("--sachs", action="store_true", help="also run the Sachs data (cdt)")
-    parser.add_argument("--no-dagma", action="store_true", help="skip the dagma comparison")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    methods = ["notears", "dagma"] if args.method == "both" else [args.method]
-    rows = []
-    for seed in range(args.seeds):
-        print(f"ER2 d={args.d} n={args.n} seed={seed} ...", flush=True)
-        x, truth = simulate(args.d, args.n, seed)
-        rows += evaluate(f"ER2 seed {seed}", x, truth, methods, args.lam1, not args.no_dagma)
-    if args.sachs:
-        print("Sachs (7466 x 11, standardised) ...", flush=True)
+    parser.add_argument("--method", choices=["notears", "dagma", "mlp", "all"], default="all")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    parser.add_argument("--d", type=int, default=20, help="nodes, linear SEM (ER2)")
+    parser.add_argument("--n", type=int, default=1000, help="samples, both SEMs")
+    parser.add_argument("--mlp-d", type=int, default=8, help="nodes, MLP SEM (ER1)")
+    parser.add_argument("--mlp-n", type=int, default=500, help="samples, MLP SEM")
+    parser.add_argument("--hidden", type=int, default=10, help="hidden units per node (MLP)")
+    parser.add_argument("--mlp-lr", type=float, default=1e-3, help="Adam rate (dagma: 2e-4)")
+    parser.add_argument("--mlp-warm-iter", type=int, default=1500, help="steps, stages 1-3")
+    parser.add_argument("--mlp-max-iter", type=int, default=3000, help="steps, last stage")
+    parser.add_argument("--sachs", action="store_true", help="also the Sachs data (cdt), linear")
+    parser.add_argument("--threads", type=int, default=1, help="for every learner and peer")
+    parser.add_argument("--json", type=Path, help="write the records here")
+    parser.add_argument("--table", type=Path, help="only print the table of a --json file")
+    args = parser.parse_args(argv)
+    if args.table:
+        records = json.loads(args.table.read_text())
+        print(table(records))
+        return records
+    limit_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    linear = ["notears", "dagma"] if args.method == "all" else [args.method]
+    linear = [m for m in linear if m != "mlp"]
+    lam1 = {"notears": 0.1, "dagma": 0.02}
+    fit = {
+        "lambda1": 0.02,
+        "lambda2": 0.005,
+        "warm_iter": args.mlp_warm_iter,
+        "max_iter": args.mlp_max_iter,
+        "lr": args.mlp_lr,
+    }
+    records: list[dict] = []
+    started = time.perf_counter()
+    for seed in seeds:
+        if linear:
+            print(f"linear SEM, ER2, d={args.d}, n={args.n}, seed {seed}", flush=True)
+            x, truth = simulate(args.d, args.n, seed)
+            records += run_linear(x, truth, "ER2", seed, args.threads, linear, lam1)
+        if args.method in ("mlp", "all"):
+            print(f"MLP SEM, ER1, d={args.mlp_d}, n={args.mlp_n}, seed {seed}", flush=True)
+            x, truth = simulate_mlp(args.mlp_d, args.mlp_n, seed)
+            records += run_mlp(x, truth, "MLP ER1", seed, args.threads, args.hidden, fit)
+    if args.sachs and linear:
+        print("Sachs (7466 x 11, standardised)", flush=True)
         x, truth, _ = sachs()
         x = (x - x.mean(0)) / x.std(0)
-        rows += evaluate("Sachs", x, truth, methods, args.lam1, not args.no_dagma)
-    report(rows)
+        records += run_linear(x, truth, "Sachs", None, args.threads, linear, lam1)
+    print(f"\n{table(records)}\n\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1) + "\n")
+    return records
 
 
 if __name__ == "__main__":
