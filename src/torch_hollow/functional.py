@@ -220,7 +220,7 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
     """
     if torch.compiler.is_compiling():
         return _traced_linear(input, weight, bias, pattern)
-    if not (weight.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing():
+    if not (weight.requires_grad and torch.is_grad_enabled()) or _is_tracing():
         return F.linear(input, weight, bias)  # tracing: only the legacy ONNX exporter gets here
     wt = weight.t()
     if shards.is_dtensor(wt):  # tensor parallel: the gradient is sharded too

@@ -58,6 +58,7 @@ class HollowLinear(nn.Linear):
     """
 
     _hollow_patterns: dict[str, Pattern]
+    _hollow_own: dict[str, Any]  # set by guard.register: weak references to its own Parameters
 
     def __init__(
         self,
@@ -107,7 +108,10 @@ class HollowLinear(nn.Linear):
             return stored_linear(input, weight, self.bias, pattern)
         if "peft" in sys.modules:
             check_caller(self)
-        if not guard.owns(self, "weight", weight) or elsewhere():
+        own = self._hollow_own.get("weight")  # the hot path: our own Parameter, plain eager
+        if (own is None or own() is not weight) and not guard.owns(self, "weight", weight):
+            return masked_linear(input, weight, self.bias, pattern)  # the caller's tensor
+        if elsewhere():
             return masked_linear(input, weight, self.bias, pattern)
         guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
         return stored_linear(input, weight, self.bias, pattern)
