@@ -22,6 +22,11 @@ MUON_MISSING = "torch.optim.Muon needs torch >= 2.9; NewtonSchulz covers the sam
 
 def orthogonalise(g: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     """Muon's quintic Newton-Schulz iteration: roughly ``U V^T`` for ``g = U S V^T``."""
+    if hasattr(g, "full_tensor"):  # a DTensor (FSDP2): on the full matrix, sharded back
+        # (DTensor's own matmuls give inf here on torch 2.7)
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(orthogonalise(g.full_tensor()), g.device_mesh, g.placements)
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16()
     tall = g.size(0) > g.size(1)
