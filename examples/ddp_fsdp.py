@@ -9,6 +9,7 @@ Every rank prints its loss; rank 0 prints the audit of the (gathered) weights at
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -20,15 +21,20 @@ import torch_hollow as th
 from torch_hollow.audit import format_audit
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--wrap", choices=["ddp", "fsdp"], default="fsdp")
-    parser.add_argument("--optimizer", choices=["muon", "adamw"], default="muon")
+    has_muon = hasattr(torch.optim, "Muon")  # torch >= 2.9
+    parser.add_argument(
+        "--optimizer", choices=["muon", "adamw"], default="muon" if has_muon else "adamw"
+    )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--dim", type=int, default=32)
     args = parser.parse_args()
+    if args.optimizer == "muon" and not has_muon:
+        parser.error(f"--optimizer muon needs torch >= 2.9 (this is {torch.__version__})")
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -74,9 +80,16 @@ def main() -> None:
     if rank == 0:
         print(format_audit(rows))
     violated = any(r.violated for r in rows)
+    # End cleanly: wait until every rank is done with the process group, and drop what holds
+    # it (DDP's reducer, FSDP's state) before destroying it. Left to interpreter shutdown,
+    # gloo's threads can be torn down mid-flight and a rank aborts with "terminate called
+    # without an active exception" after all the work is done.
+    dist.barrier()
+    del run, model, opt
+    gc.collect()
     dist.destroy_process_group()
-    raise SystemExit(1 if violated else 0)
+    return 1 if violated else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

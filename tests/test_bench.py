@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _optim import HAS_MUON
 
 from torch_hollow import HollowError
 from torch_hollow.bench import bench, format_rows
@@ -31,12 +32,20 @@ def test_every_recipe_has_a_row_with_ratios(rows):
 
 def test_correctness_column_tells_the_recipes_apart(rows):
     by = {r.recipe: r for r in rows}
-    hollow = by["torch-hollow"]
-    assert (hollow.stored_adamw, hollow.stored_muon, hollow.forward_muon) == (0.0, 0.0, 0.0)
+    assert by["torch-hollow"].stored_adamw == 0.0
     assert by["plain"].stored_adamw > 0
     for name in ("W*mask", "parametrize", "prune"):  # raw values kept under the mask
-        assert by[name].stored_adamw > 0 and by[name].forward_muon == 0.0
-    assert by["grad-hook"].stored_adamw == 0.0 and by["grad-hook"].stored_muon > 0
+        assert by[name].stored_adamw > 0
+    assert by["grad-hook"].stored_adamw == 0.0
+    if not HAS_MUON:
+        assert all(math.isnan(r.stored_muon) and math.isnan(r.forward_muon) for r in rows)
+        assert "| needs torch >= 2.9 | needs torch >= 2.9 |" in format_rows(rows)
+        return
+    hollow = by["torch-hollow"]
+    assert (hollow.stored_muon, hollow.forward_muon) == (0.0, 0.0)
+    for name in ("W*mask", "parametrize", "prune"):
+        assert by[name].forward_muon == 0.0
+    assert by["grad-hook"].stored_muon > 0
 
 
 def test_memory_columns(rows):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _optim import MATRIX_OPTIMIZERS, make_matrix_optimizer
 from conftest import assert_bitwise_zero, diag_mask
 from torch import nn
 
@@ -84,11 +85,12 @@ def test_convert_names_the_module_that_failed():
         convert(model, where=lambda name, m: name != "")
 
 
-def test_converted_model_trains_like_hollow_layers(device):
+@pytest.mark.parametrize("opt_name", MATRIX_OPTIMIZERS)
+def test_converted_model_trains_like_hollow_layers(opt_name, device):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6)).to(device)
     convert(model)
-    opt = torch.optim.Muon([model[0].weight, model[2].weight], lr=0.05)
+    opt = make_matrix_optimizer(opt_name, [model[0].weight, model[2].weight], lr=0.05)
     for _ in range(10):
         opt.zero_grad()
         F.mse_loss(

@@ -9,6 +9,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from _optim import MATRIX_OPTIMIZERS, make_matrix_optimizer
 from conftest import assert_bitwise_zero, diag_mask
 from torch import nn
 
@@ -38,8 +39,9 @@ RNNS = {
 }
 
 
+@pytest.mark.parametrize("opt_name", MATRIX_OPTIMIZERS)
 @pytest.mark.parametrize("kind", list(RNNS))
-def test_recurrent_weight_hh_holds_each_gate_diagonal(kind, device):
+def test_recurrent_weight_hh_holds_each_gate_diagonal(kind, opt_name, device):
     make, name, gates = RNNS[kind]
     torch.manual_seed(0)
     rnn = make().to(device)
@@ -50,7 +52,7 @@ def test_recurrent_weight_hh_holds_each_gate_diagonal(kind, device):
     assert rnn._hollow_patterns[name] == expected
     mask = gate_mask(gates, 5, 5).to(device)
     assert_bitwise_zero(weight, mask)
-    opt = torch.optim.Muon([weight], lr=0.05)
+    opt = make_matrix_optimizer(opt_name, [weight], lr=0.05)
     x = torch.randn(4, 2, 3, device=device)
     for _ in range(5):
         opt.zero_grad()
@@ -141,15 +143,16 @@ def _torch_save_roundtrip(m):
     return torch.load(buf, weights_only=False)
 
 
+@pytest.mark.parametrize("opt_name", MATRIX_OPTIMIZERS)
 @pytest.mark.parametrize(
     "copier", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m)), _torch_save_roundtrip]
 )
-def test_generic_copies_rejoin_the_guard(copier):
+def test_generic_copies_rejoin_the_guard(copier, opt_name):
     lstm = hollow_(nn.LSTM(2, 3), "weight_hh_l0")
     twin = copier(lstm)
     assert is_hollow(twin)
     mask = gate_mask(4, 3, 3)
-    opt = torch.optim.Muon([twin.weight_hh_l0], lr=0.1)
+    opt = make_matrix_optimizer(opt_name, [twin.weight_hh_l0], lr=0.1)
     twin(torch.randn(4, 1, 2))[0].sum().backward()  # the first forward re-arms the copy
     assert_bitwise_zero(twin.weight_hh_l0.grad, mask)
     opt.step()

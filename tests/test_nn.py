@@ -9,6 +9,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from _optim import MATRIX_OPTIMIZERS, NewtonSchulz, make_matrix_optimizer, optimizer_params
 from conftest import assert_bitwise_zero, diag_mask, masked
 from torch import nn
 
@@ -102,15 +103,18 @@ OPTIMIZERS = {
     "ASGD": lambda p: torch.optim.ASGD(p, lr=0.1),
     "Rprop": lambda p: torch.optim.Rprop(p, lr=0.05),
     "LBFGS": lambda p: torch.optim.LBFGS(p, lr=0.5, max_iter=5),
-    "Muon": lambda p: torch.optim.Muon(p, lr=0.05),  # 2-D parameters only: bias=False below
+    # Matrix optimizers, 2-D parameters only (bias=False below): torch's Muon and a stand-in.
+    "Muon": lambda p: torch.optim.Muon(p, lr=0.05),
+    "NewtonSchulz": lambda p: NewtonSchulz(p, lr=0.05),
 }
+MATRIX = {"Muon", "NewtonSchulz"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("out,inp,offset", SHAPES)
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", optimizer_params(OPTIMIZERS))
 def test_stored_entries_stay_zero_after_every_step(name, out, inp, offset, dtype, device):
-    layer = _layer(out, inp, offset, device, dtype=dtype, bias=name != "Muon")
+    layer = _layer(out, inp, offset, device, dtype=dtype, bias=name not in MATRIX)
     mask = diag_mask(out, inp, offset, device)
     start = layer.weight.detach().clone()
     opt = OPTIMIZERS[name](layer.parameters())
@@ -129,21 +133,24 @@ def test_stored_entries_stay_zero_after_every_step(name, out, inp, offset, dtype
     assert not torch.equal(layer.weight[~mask], start[~mask]), "the optimizer trained nothing"
 
 
-def test_muon_fills_the_diagonal_of_a_plain_layer_with_masked_gradient():
-    # The failure torch-hollow exists for: a gradient mask alone does not survive Muon.
+@pytest.mark.parametrize("opt_name", MATRIX_OPTIMIZERS)
+def test_muon_fills_the_diagonal_of_a_plain_layer_with_masked_gradient(opt_name):
+    # The failure torch-hollow exists for: a gradient mask alone does not survive Muon (nor the
+    # stand-in, which is what makes it one).
     torch.manual_seed(0)
     layer = nn.Linear(8, 8, bias=False)
     with torch.no_grad():
         layer.weight.fill_diagonal_(0)
     layer.weight.register_hook(lambda g: g * (~diag_mask(8, 8)))
-    opt = torch.optim.Muon(layer.parameters(), lr=0.05)
+    opt = make_matrix_optimizer(opt_name, layer.parameters(), lr=0.05)
     F.mse_loss(layer(torch.randn(16, 8)), torch.randn(16, 8)).backward()
     opt.step()
     assert (layer.weight.diagonal() != 0).all()
 
 
+@pytest.mark.parametrize("opt_name", MATRIX_OPTIMIZERS)
 @pytest.mark.parametrize("mode", ["strict", "non-strict", "assign"])
-def test_load_state_dict_zeroes_and_warns_with_name_and_largest_value(mode, device):
+def test_load_state_dict_zeroes_and_warns_with_name_and_largest_value(mode, opt_name, device):
     model = nn.Sequential(nn.Linear(5, 5), HollowLinear(5, 5, device=device)).to(device)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sd["1.weight"] = torch.full((5, 5), 0.5, device=device)
@@ -161,7 +168,8 @@ def test_load_state_dict_zeroes_and_warns_with_name_and_largest_value(mode, devi
         assert model[1].weight.data_ptr() == sd["1.weight"].data_ptr()
     else:
         assert sd["1.weight"][2, 2] == -3.25, "the caller's state_dict was modified"
-    opt = torch.optim.Muon([model[1].weight], lr=0.1)  # after assign=True: the new Parameter
+    # after assign=True: the new Parameter
+    opt = make_matrix_optimizer(opt_name, [model[1].weight], lr=0.1)
     model(torch.randn(3, 5, device=device)).sum().backward()
     opt.step()
     assert_bitwise_zero(model[1].weight, diag_mask(5, 5, device=device))
@@ -234,13 +242,14 @@ MOVES = {
 }
 
 
+@pytest.mark.parametrize("opt_name", MATRIX_OPTIMIZERS)
 @pytest.mark.parametrize("name", list(MOVES))
-def test_moves_keep_zeros_and_guard(name, device):
+def test_moves_keep_zeros_and_guard(name, opt_name, device):
     layer = _layer(5, 5, -1, device)
     layer = MOVES[name](layer)
     mask = diag_mask(5, 5, -1, device)
     assert_bitwise_zero(layer.weight, mask)
-    opt = torch.optim.Muon([layer.weight], lr=0.05)
+    opt = make_matrix_optimizer(opt_name, [layer.weight], lr=0.05)
     x = torch.randn(4, 5, device=device, dtype=layer.weight.dtype)
     layer(x).float().square().sum().backward()
     opt.step()
@@ -261,14 +270,15 @@ COPIES = {
 }
 
 
+@pytest.mark.parametrize("opt_name", MATRIX_OPTIMIZERS)
 @pytest.mark.parametrize("name", list(COPIES))
-def test_copies_stay_hollow_and_guarded(name, device):
+def test_copies_stay_hollow_and_guarded(name, opt_name, device):
     model = nn.Sequential(_layer(6, 6, 0, device), nn.Tanh(), _layer(3, 6, 2, device))
     twin = COPIES[name](model)
     assert isinstance(twin[0], HollowLinear) and twin[2].offset == 2
     assert twin[0].weight is not model[0].weight
     nn.init.ones_(twin[0].weight)  # a raw write the copy's own guard must undo
-    opt = torch.optim.Muon([twin[0].weight, twin[2].weight], lr=0.05)
+    opt = make_matrix_optimizer(opt_name, [twin[0].weight, twin[2].weight], lr=0.05)
     for _ in range(3):
         opt.zero_grad()
         twin(torch.randn(4, 6, device=device)).square().sum().backward()

@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from _optim import NewtonSchulz, optimizer_params
 from conftest import assert_bitwise_zero, masked
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,19 +128,19 @@ OPTIMIZERS = {
     "SGD-nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
     "LBFGS": lambda p: torch.optim.LBFGS(p, lr=0.5, max_iter=4),
     "Muon": lambda p: torch.optim.Muon(p, lr=0.05),
+    "NewtonSchulz": lambda p: NewtonSchulz(p, lr=0.05),
 }
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("opt_name", optimizer_params(OPTIMIZERS))
 @pytest.mark.parametrize("name", list(CASES))
 def test_hollow_linear_with_pattern_through_training(name, opt_name, dtype, device):
     pattern, (out, inp), reference = _case(name)
     reference = reference.to(device)
     torch.manual_seed(0)
-    layer = HollowLinear(
-        inp, out, bias=opt_name != "Muon", pattern=pattern, device=device, dtype=dtype
-    )
+    bias = opt_name not in ("Muon", "NewtonSchulz")  # 2-D parameters only
+    layer = HollowLinear(inp, out, bias=bias, pattern=pattern, device=device, dtype=dtype)
     x = torch.randn(9, inp, device=device, dtype=dtype)
     assert torch.equal(layer(x), F.linear(x, masked(layer.weight, reference), layer.bias))
     (grad,) = torch.autograd.grad(layer(x).square().sum(), [layer.weight])

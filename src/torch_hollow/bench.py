@@ -31,6 +31,8 @@ from .errors import HollowError
 from .patterns import Diagonal
 from .recipes import RECIPES, MaskedLinear, Spec, stored_params
 
+_HAS_MUON = hasattr(torch.optim, "Muon")  # torch >= 2.9
+
 
 @dataclass(frozen=True)
 class BenchRow:
@@ -50,7 +52,7 @@ class BenchRow:
     extra_state_dict_bytes: int
     peak_step_bytes: int  # peak memory growth during one training step (-1: not measured)
     stored_adamw: float  # max |held entries| of the stored weight after AdamW steps
-    stored_muon: float  # ... after Muon steps (NaN: Muon cannot train this weight)
+    stored_muon: float  # ... after Muon steps (NaN: Muon cannot train this weight, or no Muon)
     forward_muon: float  # ... of the weight the forward uses, after Muon steps
 
 
@@ -163,6 +165,8 @@ def _correctness(recipe: str, spec: Spec, steps: int) -> tuple[float, float, flo
         lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
         lambda p: torch.optim.Muon(p, lr=1e-2),
     ):
+        if len(out) == 1 and not _HAS_MUON:
+            return out[0], float("nan"), float("nan")  # shown as "needs torch >= 2.9"
         torch.manual_seed(1)
         module = RECIPES[recipe](spec)
         stored = stored_params(module)
@@ -252,7 +256,7 @@ def bench(
     Example:
         >>> rows = bench(["torch-hollow"], points=[(16, 2)], rounds=2, round_s=0.001,
         ...              memory=False, steps=3)
-        >>> [(r.recipe, r.extra_state_bytes, r.stored_muon == 0.0) for r in rows]
+        >>> [(r.recipe, r.extra_state_bytes, r.stored_adamw == 0.0) for r in rows]
         [('plain', 0, False), ('torch-hollow', 0, True)]
     """
     names = ["plain", *[r for r in (recipes or list(RECIPES)) if r != "plain"]]
@@ -344,6 +348,10 @@ def _g(x: float) -> str:
     return "n/a" if x != x else f"{x:.3g}"
 
 
+def _muon(x: float) -> str:
+    return _g(x) if _HAS_MUON else "needs torch >= 2.9"
+
+
 def format_rows(rows: list[BenchRow]) -> str:
     """A markdown table of ``rows``."""
     head = (
@@ -380,8 +388,8 @@ def format_rows(rows: list[BenchRow]) -> str:
                     f"{r.extra_state_dict_bytes / mib:.2f}",
                     peak,
                     _g(r.stored_adamw),
-                    _g(r.stored_muon),
-                    _g(r.forward_muon),
+                    _muon(r.stored_muon),
+                    _muon(r.forward_muon),
                 ]
             )
             + " |"

@@ -24,6 +24,8 @@ OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "AdamW": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
     "Muon": lambda p: torch.optim.Muon(p, lr=0.02),
 }
+# torch.optim.Muon arrived in torch 2.9; older torch gets rows that say so.
+_MISSING = {} if hasattr(torch.optim, "Muon") else {"Muon": "needs torch >= 2.9"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class DemoRow:
     after_first_step: float  # max |diag| after step 1
     worst: float  # max |diag| over all steps
     final_loss: float
+    note: str = ""  # why the row has no numbers (NaN), e.g. "needs torch >= 2.9"
 
 
 def _layer(recipe: str, dim: int) -> nn.Linear:
@@ -65,17 +68,22 @@ def run_demo(steps: int = 50, dim: int = 16, seed: int = 0) -> list[DemoRow]:
         seed: seeds data and initial weights (the same for every recipe).
 
     Returns:
-        Rows in the order optimizer x recipe.
+        Rows in the order optimizer x recipe; an optimizer this torch lacks (Muon before
+        torch 2.9) gets rows with NaN values and a ``note`` saying so.
 
     Example:
         >>> rows = run_demo(steps=3, dim=8)
-        >>> {r.recipe: r.worst == 0.0 for r in rows if r.optimizer == "Muon"}
-        {'seed recipe': False, 'gradient mask': False, 'torch-hollow': True}
+        >>> {r.recipe: r.worst == 0.0 for r in rows if r.optimizer == "AdamW"}
+        {'seed recipe': False, 'gradient mask': True, 'torch-hollow': True}
     """
     x = _data(dim, 256, torch.Generator().manual_seed(seed))
     rows = []
     for opt_name, make_opt in OPTIMIZERS.items():
         for recipe in RECIPES:
+            if opt_name in _MISSING:
+                nan = float("nan")
+                rows.append(DemoRow(opt_name, recipe, nan, nan, nan, _MISSING[opt_name]))
+                continue
             torch.manual_seed(seed)
             layer = _layer(recipe, dim)
             opt = make_opt([layer.weight])
@@ -100,11 +108,15 @@ def format_table(rows: list[DemoRow]) -> str:
     head = ("optimizer", "recipe", "max|diag| step 1", "max|diag| all steps", "final loss")
     body = [
         (
-            r.optimizer,
-            r.recipe,
-            f"{r.after_first_step:.3g}",
-            f"{r.worst:.3g}",
-            f"{r.final_loss:.4f}",
+            (r.optimizer, r.recipe, r.note, "", "")
+            if r.note
+            else (
+                r.optimizer,
+                r.recipe,
+                f"{r.after_first_step:.3g}",
+                f"{r.worst:.3g}",
+                f"{r.final_loss:.4f}",
+            )
         )
         for r in rows
     ]

@@ -163,20 +163,34 @@ def check_weight(
         raise refuse(path, name, weight.shape, problem[0], problem[1])
 
 
-_EXPORT_FLAG_TRUSTED = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 13)
-
-
 def graph_writes_allowed() -> bool:
     """Whether a traced forward may zero the stored weight in its graph (compile, not export).
 
-    ``torch.export`` graphs must not mutate parameters (ONNX cannot take it); the default,
-    non-strict export traces outside dynamo. Under dynamo, torch before 2.13 answers
-    ``is_exporting()`` with True for ``torch.compile`` too (pytorch#176347), so there dynamo
-    means compile.
+    ``torch.export`` graphs must not mutate parameters (ONNX cannot take them; strict export,
+    torch 2.6's default, fails on them). Non-strict export traces outside dynamo; inside dynamo
+    the question goes to `_exporting`, which dynamo runs as plain Python.
     """
-    if not torch.compiler.is_dynamo_compiling():
+    return torch.compiler.is_dynamo_compiling() and not _exporting()
+
+
+def _exporting() -> bool:
+    # Dynamo runs this function while tracing and keeps its result as a constant (what
+    # torch.compiler.assume_constant_result marks; set by hand so that importing torch_hollow
+    # does not import torch._dynamo). Asked from the traced code instead, dynamo answers
+    # is_exporting() with True under torch.compile too before torch 2.13 (pytorch#176347), and
+    # torch 2.6 has no is_exporting(); what the running tracer says works on both.
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    if is_exporting is not None and is_exporting():
+        return True
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        return bool(getattr(InstructionTranslator.current_tx(), "export", False))
+    except (ImportError, AttributeError):  # no tracer running, or a torch without this field
         return False
-    return not (_EXPORT_FLAG_TRUSTED and torch.compiler.is_exporting())
+
+
+_exporting._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def elsewhere() -> bool:
@@ -219,6 +233,10 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
     break the graph, so an autograd.Function with the same backward is traced instead.
     """
     if torch.compiler.is_compiling():
+        if torch.compiler.is_dynamo_compiling() and _exporting():
+            # Strict export (torch 2.6's default) would trace the Function's forward under
+            # no_grad; an exported graph carries no backward anyway: plain linear, as non-strict.
+            return F.linear(input, weight, bias)
         return _traced_linear(input, weight, bias, pattern)
     if not (weight.requires_grad and torch.is_grad_enabled()) or _is_tracing():
         return F.linear(input, weight, bias)  # tracing: only the legacy ONNX exporter gets here

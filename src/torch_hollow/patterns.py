@@ -60,7 +60,7 @@ class Pattern:
 
     def count_nonzero(self, t: Tensor) -> int:
         """How many held entries of ``t`` are not 0.0."""
-        return int(torch.count_nonzero(self.held_values(t)))
+        return int((self.held_values(t) != 0).sum())  # DTensor: no count_nonzero on 2.7, 2.8
 
     def zero_transposed_grad_(self, grad_t: Tensor | None) -> None:
         """Tensor hook for the gradient of ``weight.t()``: zero its held entries in place.
