@@ -6,6 +6,7 @@ torch_hollow's own patterns, so the tests compare against a reference computed a
 
 from __future__ import annotations
 
+import _hypothesis_profiles  # noqa: F401  (--hypothesis-profile=long must exist early)
 import pytest
 import torch
 from torch import Tensor

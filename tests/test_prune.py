@@ -12,6 +12,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from _optim import MATRIX_OPTIMIZERS, make_matrix_optimizer
 from conftest import assert_bitwise_zero
 from torch import nn
 from torch.nn.utils import prune
@@ -195,12 +196,11 @@ def test_full_shape_mask_survives_optimizers(kind, opt):
         assert_bitwise_zero(module.weight, held)
 
 
+@pytest.mark.parametrize("opt", MATRIX_OPTIMIZERS)
 @pytest.mark.parametrize("kind", ["Linear", "Embedding"])
-def test_full_shape_mask_survives_muon_on_matrices(kind):
-    if not hasattr(torch.optim, "Muon"):
-        pytest.skip("torch.optim.Muon needs torch >= 2.9")
+def test_full_shape_mask_survives_matrix_optimizers(kind, opt):
     module, x, held = _held_layer(kind)
-    _train(module, x, steps=4, opt=torch.optim.Muon([module.weight], lr=0.05))
+    _train(module, x, steps=4, opt=make_matrix_optimizer(opt, [module.weight], lr=0.05))
     assert_bitwise_zero(module.weight, held)
 
 
