@@ -8,8 +8,6 @@ library refuses with a `HollowError` naming the fix; never a write into the call
 from __future__ import annotations
 
 import copy
-import io
-import pickle
 import subprocess
 import sys
 import warnings
@@ -18,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_bitwise_zero, diag_mask, masked
+from test_nn import COPIES  # deepcopy, pickle, torch.save + load
 from torch import nn
 from torch.func import (
     functional_call,
@@ -334,20 +333,6 @@ def test_legacy_onnx_export_is_plain_gemm(tmp_path):
 
 
 # --- copies right after a raw write -------------------------------------------------------
-
-
-def _torch_save(model):
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
-
-
-COPIES = {
-    "torch.save": _torch_save,
-    "pickle": lambda m: pickle.loads(pickle.dumps(m)),
-    "deepcopy": copy.deepcopy,
-}
 
 
 @pytest.mark.parametrize("how", list(COPIES))
