@@ -75,11 +75,7 @@ def _held(module: nn.Module) -> torch.Tensor:
     if hasattr(module, "weight_mask"):
         return module.weight_mask == 0
     pattern = module.__dict__.get("_hollow_patterns", {}).get("weight")
-    return (
-        torch.zeros_like(module.weight, dtype=torch.bool)
-        if pattern is None
-        else ~(pattern.allowed)
-    )
+    return torch.zeros_like(module.weight, dtype=torch.bool) if pattern is None else pattern.held
 
 
 def tensor_bytes(model: nn.Module) -> int:

@@ -177,13 +177,19 @@ def _stepped_modules(optimizer: torch.optim.Optimizer) -> list[nn.Module]:
 
 def parameter(module: nn.Module, name: str) -> Tensor | None:
     """``module``'s parameter at the (possibly dotted) ``name``, or None."""
+    holder, leaf = _holder(module, name)
+    return None if holder is None else holder._parameters.get(leaf)
+
+
+def _holder(module: nn.Module, name: str) -> tuple[nn.Module | None, str]:
+    # The submodule whose _parameters hold the dotted ``name``, and the name there.
     owner, _, leaf = name.rpartition(".")
-    if owner:
-        try:
-            module = module.get_submodule(owner)
-        except AttributeError:
-            return None
-    return module._parameters.get(leaf)
+    if not owner:
+        return module, leaf
+    try:
+        return module.get_submodule(owner), leaf
+    except AttributeError:
+        return None, leaf
 
 
 _Targets = tuple[list[Tensor], list[tuple[Pattern, Tensor]]]
@@ -347,10 +353,9 @@ def _pre_forward(module: nn.Module, args: object) -> None:
     # masked copy put in the parameter's place, and _post_forward puts the tensor back.
     swapped = []
     for name, pattern in held.items():
-        owner, _, leaf = name.rpartition(".")
-        holder = module.get_submodule(owner) if owner else module
-        tensor = holder._parameters.get(leaf)
-        orig = holder._parameters.get(leaf + "_orig")
+        holder, leaf = _holder(module, name)
+        params = {} if holder is None else holder._parameters
+        tensor, orig = params.get(leaf), params.get(leaf + "_orig")
         if tensor is None and orig is not None and owns(module, name, orig):
             # Pruned by torch.nn.utils.prune since: our Parameter is its ``_orig``, and its
             # pre-hook, after this one, computes the weight from it. from_prune hands it back.
