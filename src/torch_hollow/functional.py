@@ -238,10 +238,15 @@ def stored_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: P
             # no_grad; an exported graph carries no backward anyway: plain linear, as non-strict.
             return F.linear(input, weight, bias)
         return _traced_linear(input, weight, bias, pattern)
+    return eager_linear(input, weight, bias, pattern)
+
+
+def eager_linear(input: Tensor, weight: Tensor, bias: Tensor | None, pattern: Pattern) -> Tensor:
+    """`stored_linear` outside ``torch.compile`` and ``torch.export``."""
     if not (weight.requires_grad and torch.is_grad_enabled()) or _is_tracing():
         return F.linear(input, weight, bias)  # tracing: only the legacy ONNX exporter gets here
     wt = weight.t()
-    if shards.is_dtensor(wt):  # tensor parallel: the gradient is sharded too
+    if type(wt) is not Tensor and shards.is_dtensor(wt):  # tensor parallel: a sharded gradient
         _hook(wt, functools.partial(shards.zero_transposed_grad_, pattern))
     else:
         _hook(wt, pattern.zero_transposed_grad_)

@@ -28,6 +28,7 @@ __all__ = [
     "register",
     "unregister",
     "warn_dropped",
+    "zero_own_",
     "zero_stored_",
     "zero_traced_",
 ]
@@ -133,11 +134,29 @@ def guarded_modules() -> list[nn.Module]:
 
 def zero_stored_(module: nn.Module) -> None:
     """Write 0.0 into the held entries of every hollow parameter of ``module``."""
-    views, others = _stored_targets(module)
+    arrays, views, others = _stored_targets(module)
+    for array in arrays:
+        array.fill(0)
     if views:
         torch._foreach_zero_(views)
     for pattern, data in others:
         pattern.zero_(data)
+
+
+def zero_own_(module: nn.Module, name: str, param: Tensor) -> None:
+    """`zero_stored_` for a module's one held ``param`` at ``name``, as each eager forward calls.
+
+    The hot path of a `HollowLinear` forward: the NumPy views cached for this storage, found
+    without the general lookup; anything else takes `zero_stored_`.
+    """
+    hit = module.__dict__.get("_hollow_cache", _NO_OWN).get(name)
+    if hit is not None and type(param) is nn.Parameter and hit[0] == param.data_ptr():
+        arrays, views, others = hit[1]
+        if not (views or others):
+            for array in arrays:
+                array.fill(0)
+            return
+    zero_stored_(module)
 
 
 def zero_traced_(module: nn.Module) -> None:
@@ -150,12 +169,14 @@ def zero_traced_(module: nn.Module) -> None:
 def _after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
     views: list[Tensor] = []
     for module in _stepped_modules(optimizer):
-        more, others = _stored_targets(module)
+        arrays, more, others = _stored_targets(module)
+        for array in arrays:
+            array.fill(0)
         views += more
         for pattern, data in others:
             pattern.zero_(data)
     if views:
-        torch._foreach_zero_(views)
+        torch._foreach_zero_(views)  # one launch for all of them on an accelerator
 
 
 def _stepped_modules(optimizer: torch.optim.Optimizer) -> list[nn.Module]:
@@ -177,6 +198,8 @@ def _stepped_modules(optimizer: torch.optim.Optimizer) -> list[nn.Module]:
 
 def parameter(module: nn.Module, name: str) -> Tensor | None:
     """``module``'s parameter at the (possibly dotted) ``name``, or None."""
+    if "." not in name:
+        return module._parameters.get(name)
     holder, leaf = _holder(module, name)
     return None if holder is None else holder._parameters.get(leaf)
 
@@ -192,42 +215,81 @@ def _holder(module: nn.Module, name: str) -> tuple[nn.Module | None, str]:
         return None, leaf
 
 
-_Targets = tuple[list[Tensor], list[tuple[Pattern, Tensor]]]
+# What zeroes a parameter's held entries: NumPy views of them (CPU: a NumPy call costs ~0.3 us,
+# a torch op ~1.5 us, paid at every eager forward and step), torch views for one
+# _foreach_zero_ (accelerators, dtypes NumPy lacks), and (pattern, tensor) pairs for the rest.
+_Targets = tuple[list[Any], list[Tensor], list[tuple[Pattern, Tensor]]]
 
 
 def _stored_targets(module: nn.Module) -> _Targets:
-    # Views into each parameter's storage, rebuilt when the storage changes (`.to()`,
-    # `param.data = t`, `load_state_dict(assign=True)`): an old view keeps its old storage
-    # alive, so an equal data_ptr means the same storage.
-    cache: dict[str, tuple[int, _Targets]] = module.__dict__.setdefault("_hollow_cache", {})
+    # Rebuilt when the storage changes (`.to()`, `param.data = t`,
+    # `load_state_dict(assign=True)`): an old view keeps its old storage alive, so an equal
+    # data_ptr means the same storage.
+    cache: dict[str, tuple[int, _Targets]] = module.__dict__.get("_hollow_cache")  # type: ignore[assignment]
+    if cache is None:
+        cache = module.__dict__["_hollow_cache"] = _Cache()
+    patterns = module._hollow_patterns
+    if len(patterns) == 1:  # the common case, without building new lists
+        [(name, pattern)] = patterns.items()
+        return _targets_of(module, cache, name, pattern)
+    arrays: list[Any] = []
     views: list[Tensor] = []
     others: list[tuple[Pattern, Tensor]] = []
-    for name, pattern in module._hollow_patterns.items():
-        param = parameter(module, name)
-        if param is None:
-            continue
-        ptr = (param._local_tensor if shards.is_dtensor(param) else param).data_ptr()
-        hit = cache.get(name)
-        if hit is None or hit[0] != ptr:
-            hit = cache[name] = (ptr, _fresh_targets(param, pattern))
-            adopt(module)  # a new storage, maybe a new Parameter (FSDP, to_empty, assign)
-        views += hit[1][0]
-        others += hit[1][1]
-    return views, others
+    for name, pattern in patterns.items():
+        more = _targets_of(module, cache, name, pattern)
+        arrays += more[0]
+        views += more[1]
+        others += more[2]
+    return arrays, views, others
+
+
+class _Cache(dict):
+    # name -> (data_ptr, targets). Copies and pickles start empty (NumPy views are not theirs to
+    # carry), as `_Owned` does.
+    def __reduce__(self) -> tuple:
+        return _Cache, ()
+
+
+_NONE: _Targets = ([], [], [])
+
+
+def _targets_of(module: nn.Module, cache: dict, name: str, pattern: Pattern) -> _Targets:
+    param = parameter(module, name)
+    if param is None:
+        return _NONE
+    ptr = (param._local_tensor if shards.is_dtensor(param) else param).data_ptr()
+    hit = cache.get(name)
+    if hit is None or hit[0] != ptr:
+        hit = cache[name] = (ptr, _fresh_targets(param, pattern))
+        adopt(module)  # a new storage, maybe a new Parameter (FSDP, to_empty, assign)
+    return hit[1]
 
 
 def _fresh_targets(param: Tensor, pattern: Pattern) -> _Targets:
     data = param.data
     if shards.is_dtensor(data):
         if data._local_tensor.untyped_storage().nbytes() == 0:
-            return [], []
-        return shards.local_targets(data, pattern)
+            return _NONE
+        return ([], *shards.local_targets(data, pattern))
     if data.untyped_storage().nbytes() == 0:  # freed (FSDP resharded): nothing to write
-        return [], []
+        return _NONE
     views = pattern.views(data)
     if views is None:
-        return [], [(pattern, data)]
-    return [v for v in views if v.numel()], []
+        return [], [], [(pattern, data)]
+    views = [v for v in views if v.numel()]
+    arrays = _numpy_views(views)
+    return (arrays, [], []) if arrays is not None else ([], views, [])
+
+
+def _numpy_views(views: list[Tensor]) -> list[Any] | None:
+    # NumPy arrays sharing memory with CPU ``views`` (None: not on the CPU, a dtype NumPy lacks
+    # such as bfloat16, or no NumPy). Writing 0 through them writes +0.0, as zero_() does.
+    if not all(v.device.type == "cpu" and type(v) is Tensor for v in views):
+        return None
+    try:
+        return [v.numpy() for v in views]
+    except (RuntimeError, TypeError):
+        return None
 
 
 def dropped(pattern: Pattern, incoming: object) -> tuple[int, float]:
@@ -394,6 +456,7 @@ HOOKS = (
     "_post_load",
     "_mask_grad",
     "_Owned",
+    "_Cache",
     "_ScriptRefusal",
 )
 

@@ -15,6 +15,7 @@ from ._adapters import check_caller
 from .errors import script_refusal
 from .functional import (
     check_weight,
+    eager_linear,
     elsewhere,
     graph_writes_allowed,
     masked_linear,
@@ -99,22 +100,22 @@ class HollowLinear(nn.Linear):
 
     def forward(self, input: Tensor) -> Tensor:
         pattern = self._hollow_patterns["weight"]
-        weight = self.weight
+        weight, bias = self.weight, self.bias
         if torch.compiler.is_compiling():
             if not isinstance(weight, nn.Parameter):  # functional_call: the caller's tensor
-                return masked_linear(input, weight, self.bias, pattern)
+                return masked_linear(input, weight, bias, pattern)
             if graph_writes_allowed():  # in a compiled graph: a functional mutation
                 guard.zero_traced_(self)
-            return stored_linear(input, weight, self.bias, pattern)
+            return stored_linear(input, weight, bias, pattern)
         if "peft" in sys.modules:
             check_caller(self)
         own = self._hollow_own.get("weight")  # the hot path: our own Parameter, plain eager
         if (own is None or own() is not weight) and not guard.owns(self, "weight", weight):
-            return masked_linear(input, weight, self.bias, pattern)  # the caller's tensor
+            return masked_linear(input, weight, bias, pattern)  # the caller's tensor
         if elsewhere():
-            return masked_linear(input, weight, self.bias, pattern)
-        guard.zero_stored_(self)  # a raw write (nn.init, .data) since the last step
-        return stored_linear(input, weight, self.bias, pattern)
+            return masked_linear(input, weight, bias, pattern)
+        guard.zero_own_(self, "weight", weight)  # a raw write (nn.init, .data) since the last step
+        return eager_linear(input, weight, bias, pattern)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
