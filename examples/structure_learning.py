@@ -14,7 +14,8 @@ thresholded away). Here the weights live in torch-hollow layers and the self-loo
   subproblem solved by scipy's L-BFGS-B. W+ and W- are two ``HollowLinear(d, d)`` weights, so
   the diagonal needs no (0, 0) bounds: autograd through the layers gives it a zero gradient.
 - ``dagma``: DAGMA's log-det central path (Bello et al. 2022) with its closed-form gradient and
-  Adam, W the weight of a ``HollowLinear(d, d)`` whose pattern masks the gradient.
+  Adam, W the weight of a ``HollowLinear(d, d)`` whose pattern masks the gradient; the steps run
+  in numpy on the weight's own storage, op for op as dagma's.
 - ``mlp``: DAGMA-MLP: node j = MLP_j(X), the first layer a ``HollowLinear(d, d*m)`` held with
   ``BlockDiagonal(rows=m, cols=1)``: the m hidden units of node j never read input j.
 
@@ -36,12 +37,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from torch_hollow import HollowLinear
 from torch_hollow.patterns import BlockDiagonal
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where used: only the scipy-based learners need it
 
 LINEAR_LEARNERS = ("torch-hollow notears", "gcastle notears", "torch-hollow dagma", "dagma linear")
 MLP_LEARNERS = ("torch-hollow mlp", "dagma mlp")
@@ -210,14 +215,16 @@ def dagma_linear(
 
     Minimises mu (0.5 tr((I-W)^T C (I-W)) + lam1 |W|_1) + h(W), h = -logdet(sI - W o W) + d log s,
     C the covariance, for mu = 1, 0.1, ...; the step and the stopping rule are dagma's (its own
-    Adam, a halved step when W leaves the M-matrix domain, a stage retried with a larger s). W is
-    the transpose of a ``HollowLinear(d, d)`` weight, updated in place; the closed-form gradient
-    is masked by the layer's pattern, as its backward would, so the stored diagonal is exactly 0.0
-    at every step (the raw W returned is that stored weight, not re-zeroed).
+    Adam, a halved step when W leaves the M-matrix domain, a stage retried with a larger s), op
+    for op in numpy as dagma's ``DagmaLinear`` takes them. W is the transpose of a
+    ``HollowLinear(d, d)`` weight, updated in place in that weight's storage; the closed-form
+    gradient is masked by the layer's pattern, as its backward would, so the stored diagonal is
+    exactly 0.0 at every step (the raw W returned is that stored weight, not re-zeroed).
     """
     n, d = x.shape
-    x = x - x.mean(0)
-    cov = x.T @ x / n
+    centred = x.numpy() - x.numpy().mean(axis=0, keepdims=True)  # dagma's C, op for op
+    cov = centred.T @ centred / float(n)
+    x = torch.from_numpy(centred)
     layer = HollowLinear(d, d, bias=False, dtype=torch.float64)
     torch.nn.init.zeros_(layer.weight)
     s_path = list(s_path)
@@ -248,7 +255,7 @@ def _dagma_objective(layer: HollowLinear, x: torch.Tensor, mu: float, s: float, 
 def _dagma_stage(
     layer: HollowLinear,
     x: torch.Tensor,
-    cov: torch.Tensor,
+    cov: np.ndarray,
     mu: float,
     s: float,
     lam1: float,
@@ -259,40 +266,77 @@ def _dagma_stage(
     beta1: float = 0.99,
     beta2: float = 0.999,
 ) -> bool:
-    """One stage, dagma's loop step for step, in weight layout (V = W^T, so M^T = sI - V o V)."""
-    v = layer.weight.detach()  # the stored weight itself: updates land in the layer
-    d = v.shape[0]
-    s_eye = s * torch.eye(d, dtype=v.dtype)
-    grad, m1, m2 = torch.zeros_like(v), torch.zeros_like(v), torch.zeros_like(v)
-    minus_mu_cov = -mu * cov
-    direction = torch.zeros_like(v)
+    """One stage, dagma's loop op for op, in numpy on the layer's own storage.
+
+    At d = 20 a step is ~25 element-wise ops on 400 numbers, and a torch op's dispatch costs
+    more than its arithmetic; numpy's ufuncs writing into preallocated buffers cost ~1 us each.
+    ``w`` is W = weight^T, a numpy view of the stored weight, so every step lands in the layer.
+    The gradient's buffer is also a torch tensor, which the layer's pattern masks in place as
+    HollowLinear's backward masks its gradient; a 0.0 gradient keeps Adam's moments and step at
+    0.0 there, so the held entries stay 0.0 (and each checkpoint's forward re-zeroes them).
+    """
+    import numpy as np
+
+    w = layer.weight.detach().numpy().T
+    d = w.shape[0]
+    eye, s_eye, minus_mu_cov = np.eye(d), s * np.eye(d), -mu * cov
+    inverse = _dagma_inverse(d)
+    grad, m1, m2, direction, tmp = (np.zeros((d, d)) for _ in range(5))
+    mask_grad = layer.pattern.zero_transposed_grad_  # grad is d/dW, the weight's transpose
+    grad_t = torch.from_numpy(grad)
     previous = 1e16
     for it in range(1, iters + 1):
-        inv = torch.linalg.inv_ex(torch.addcmul(s_eye, v, v, value=-1.0))[0]
-        while inv.min().item() < -1e-16:  # sI - W o W is not an M-matrix
+        inv = inverse(np.subtract(s_eye, np.multiply(w, w, out=tmp), out=tmp))
+        while inv.min() < 0:  # sI - W o W is not an M-matrix
             if it == 1 or s <= 0.9:
                 return False
-            v.add_(direction, alpha=lr)  # undo the last step, retake it at half the rate
+            w += np.multiply(direction, lr, out=tmp)  # undo the last step, retake it at half
             lr *= 0.5
             if lr <= 1e-16:
                 return True
-            v.sub_(direction, alpha=lr)
-            inv = torch.linalg.inv_ex(torch.addcmul(s_eye, v, v, value=-1.0))[0]
-        # d/dV of mu (score + lam1 |V|_1) + h: mu (V C - C) + mu lam1 sign(V) + 2 V o inv(M^T)^T
-        torch.addmm(minus_mu_cov, v, cov, alpha=mu, out=grad)
-        grad.add_(torch.sign(v), alpha=mu * lam1).addcmul_(v, inv.T, value=2.0)
-        layer.pattern.zero_(grad)  # what HollowLinear's backward does to its gradient
-        m1.lerp_(grad, 1 - beta1)  # dagma's Adam
-        m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        torch.div(m2, 1 - beta2**it, out=direction).sqrt_().add_(1e-8)
-        torch.div(m1, direction, out=direction).div_(1 - beta1**it)
-        v.sub_(direction, alpha=lr)
+            w -= np.multiply(direction, lr, out=tmp)
+            inv = inverse(np.subtract(s_eye, np.multiply(w, w, out=tmp), out=tmp))
+        # dagma's -mu C (I - W) + mu lam1 sign(W) + 2 W o inv(M)^T, in its order of operations
+        np.matmul(minus_mu_cov, np.subtract(eye, w, out=tmp), out=grad)
+        grad += np.multiply(np.sign(w, out=tmp), mu * lam1, out=tmp)
+        grad += np.multiply(np.multiply(w, 2, out=tmp), inv.T, out=tmp)
+        mask_grad(grad_t)  # what HollowLinear's backward does to its gradient
+        m1 *= beta1  # dagma's Adam
+        m1 += np.multiply(grad, 1 - beta1, out=tmp)
+        m2 *= beta2
+        m2 += np.multiply(np.multiply(grad, grad, out=tmp), 1 - beta2, out=tmp)
+        np.divide(m2, 1 - beta2**it, out=tmp)
+        np.add(np.sqrt(tmp, out=tmp), 1e-8, out=tmp)
+        np.divide(np.divide(m1, 1 - beta1**it, out=direction), tmp, out=direction)
+        w -= np.multiply(direction, lr, out=tmp)
         if it % checkpoint == 0 or it == iters:
             current = _dagma_objective(layer, x, mu, s, lam1)
             if abs((previous - current) / previous) <= tol:
                 break
             previous = current
     return True
+
+
+def _dagma_inverse(d: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``m -> inv(m) + 1e-16`` as dagma computes it with ``scipy.linalg.inv``: LAPACK's getrf and
+    getri, called directly (at d = 20 ``inv``'s input checks cost as much as the inverse)."""
+    import numpy as np
+    from scipy.linalg import lapack
+
+    getrf, getri, getri_lwork = lapack.get_lapack_funcs(
+        ("getrf", "getri", "getri_lwork"), (np.zeros((d, d)),)
+    )
+    lwork = int(getri_lwork(d)[0])
+
+    def inverse(m):
+        lu, piv, info = getrf(m)
+        if info == 0:
+            inv, info = getri(lu, piv, lwork=lwork)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"sI - W o W is singular (LAPACK info {info})")
+        return np.add(inv, 1e-16, out=inv)
+
+    return inverse
 
 
 # ----------------------------------------------------------------------------- DAGMA, MLP

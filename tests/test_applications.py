@@ -124,6 +124,26 @@ def test_dagma_linear_follows_dagmas_path():
     assert sl.accuracy(truth, w)["shd"] <= sl.accuracy(truth, sl._threshold(peer, 0.3)[1])["shd"]
 
 
+@pytest.mark.skipif(not _installed("dagma"), reason="dagma not installed")
+def test_dagma_linear_takes_dagmas_steps_op_for_op(monkeypatch):
+    from dagma.linear import DagmaLinear  # numpy and scipy only: safe in this process
+
+    from torch_hollow.patterns import Diagonal
+
+    sl.limit_threads(1)
+    x, _ = sl.simulate(d=8, n=600, seed=1)
+    peer = DagmaLinear(loss_type="l2", verbose=False).fit(
+        x.numpy().copy(), lambda1=0.02, w_threshold=0.0, T=1, s=[1.0], max_iter=300
+    )
+    # Without the pattern's mask the steps are dagma's, bit for bit; the last step's checkpoint
+    # goes through the layer's forward, which zeroes the stored diagonal, so compare off it.
+    monkeypatch.setattr(Diagonal, "zero_transposed_grad_", lambda self, grad: None)
+    raw, _ = sl.dagma_linear(x, s_path=(1.0,), max_iter=300)
+    off = ~torch.eye(8, dtype=torch.bool)
+    assert torch.equal(raw[off], torch.from_numpy(peer)[off])
+    assert _exactly_zero(raw.diagonal())
+
+
 def test_sachs_data_load_from_the_cdt_wheel():
     x, target, names = sl.sachs()
     assert x.shape == (7466, 11) and len(names) == 11
