@@ -50,7 +50,44 @@ def _points(text: str | None) -> list[tuple[int, int]] | None:
     return [(int(n), int(b)) for n, b in (p.split("x") for p in text.split(",") if p)]
 
 
+def _bench_models(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from .bench import bench_models, format_model_rows, plot_rows, to_json
+    from .errors import HollowError
+
+    try:
+        rows = bench_models(
+            None if args.models == "all" else args.models.split(","),
+            modes=("eager", "compiled") if args.compile else ("eager",),
+            tiny=args.tiny,
+            threads=args.threads,
+            rounds=args.rounds,
+            steps=args.steps,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        if args.plot:
+            plot_rows(rows, args.plot)
+    except HollowError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(
+        f"torch {torch.__version__}, cpu ({platform.machine()}), float32, {args.threads} "
+        f"threads, Adam step; ratios: over the peer, median ± half IQR over {args.rounds} "
+        f"interleaved rounds; held columns after {args.steps} lockstep steps\n"
+    )
+    print(format_model_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(rows))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.models:
+        return _bench_models(args)
     import platform
 
     import torch
@@ -131,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the pruning comparison: hold a random mask of this fraction of each weight "
         "(e.g. 0.8 with --recipes torch-hollow,prune) instead of the diagonal",
     )
+    bench.add_argument(
+        "--models",
+        nargs="?",
+        const="all",
+        help="time whole training steps of real models against what their users write "
+        "instead: all, or some of maf,golem,notears-mlp,mlp (the layer options do not apply)",
+    )
+    bench.add_argument("--tiny", action="store_true", help="with --models: tiny sizes (tests)")
     bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     bench.add_argument("--steps", type=int, default=20, help="steps for the correctness columns")
