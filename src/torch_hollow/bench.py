@@ -313,8 +313,6 @@ def _measure(
     plain = cases["plain"].module
     rows = []
     for r, case in cases.items():
-        fwd = _ratios(times[r, "forward"], times["plain", "forward"])
-        stp = _ratios(times[r, "step"], times["plain", "step"])
         checks = _correctness(r, spec, steps) if steps else (float("nan"),) * 3
         peak = _peak_step_bytes(r, spec, batch, mode == "compiled") if memory else -1
         rows.append(
@@ -323,12 +321,7 @@ def _measure(
                 n=spec.n,
                 batch=batch,
                 mode=mode,
-                forward_us=statistics.median(times[r, "forward"]),
-                step_us=statistics.median(times[r, "step"]),
-                forward_ratio=fwd[0],
-                forward_spread=fwd[1],
-                step_ratio=stp[0],
-                step_spread=stp[1],
+                **_timing(times, r, "plain"),
                 extra_state_bytes=_state_bytes(case.module) - _state_bytes(plain),
                 extra_state_dict_bytes=_state_dict_bytes(case.module) - _state_dict_bytes(plain),
                 peak_step_bytes=peak,
@@ -354,6 +347,20 @@ def _interleaved(
             for r, c in cases.items():
                 times.setdefault((r, kind), []).append(_timed(getattr(c, kind), iters[r], device))
     return times
+
+
+def _timing(times: dict[tuple[str, str], list[float]], r: str, ref: str) -> dict[str, float]:
+    """A row's time columns: medians, and ratios over ``ref`` with their spreads."""
+    fwd = _ratios(times[r, "forward"], times[ref, "forward"])
+    stp = _ratios(times[r, "step"], times[ref, "step"])
+    return {
+        "forward_us": statistics.median(times[r, "forward"]),
+        "step_us": statistics.median(times[r, "step"]),
+        "forward_ratio": fwd[0],
+        "forward_spread": fwd[1],
+        "step_ratio": stp[0],
+        "step_spread": stp[1],
+    }
 
 
 def _ratios(mine: list[float], plain: list[float]) -> tuple[float, float]:
@@ -490,8 +497,6 @@ def _measure_model(
     peer = model.peer_name
     rows = []
     for r in cases:
-        fwd = _ratios(times[r, "forward"], times[peer, "forward"])
-        stp = _ratios(times[r, "step"], times[peer, "step"])
         diff = max(abs(a - b) / abs(b) for a, b in zip(losses[r], losses[peer], strict=True))
         rows.append(
             ModelRow(
@@ -499,12 +504,7 @@ def _measure_model(
                 size=model.describe(tiny),
                 mode=mode,
                 recipe=r,
-                forward_us=statistics.median(times[r, "forward"]),
-                step_us=statistics.median(times[r, "step"]),
-                forward_ratio=fwd[0],
-                forward_spread=fwd[1],
-                step_ratio=stp[0],
-                step_spread=stp[1],
+                **_timing(times, r, peer),
                 stored_held=max(s for s, _ in held[r]),
                 forward_held=max(u for _, u in held[r]),
                 loss_diff=diff if model.same_function else float("nan"),
@@ -538,32 +538,28 @@ def format_rows(rows: list[BenchRow]) -> str:
         "stored Muon",
         "forward Muon",
     )
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     mib = 2.0**20
+    cells = []
     for r in rows:
         peak = "n/a" if r.peak_step_bytes < 0 else f"{r.peak_step_bytes / mib:.2f}"
-        out.append(
-            "| "
-            + " | ".join(
-                [
-                    r.mode,
-                    str(r.n),
-                    str(r.batch),
-                    r.recipe,
-                    f"{r.forward_ratio:.3f} ± {r.forward_spread:.3f}",
-                    f"{r.step_ratio:.3f} ± {r.step_spread:.3f}",
-                    f"{r.step_us:.1f}",
-                    f"{r.extra_state_bytes / mib:.2f}",
-                    f"{r.extra_state_dict_bytes / mib:.2f}",
-                    peak,
-                    _g(r.stored_adamw),
-                    _muon(r.stored_muon),
-                    _muon(r.forward_muon),
-                ]
-            )
-            + " |"
+        cells.append(
+            [
+                r.mode,
+                str(r.n),
+                str(r.batch),
+                r.recipe,
+                f"{r.forward_ratio:.3f} ± {r.forward_spread:.3f}",
+                f"{r.step_ratio:.3f} ± {r.step_spread:.3f}",
+                f"{r.step_us:.1f}",
+                f"{r.extra_state_bytes / mib:.2f}",
+                f"{r.extra_state_dict_bytes / mib:.2f}",
+                peak,
+                _g(r.stored_adamw),
+                _muon(r.stored_muon),
+                _muon(r.forward_muon),
+            ]
         )
-    return "\n".join(out)
+    return _markdown(head, cells)
 
 
 def format_model_rows(rows: list[ModelRow]) -> str:
@@ -580,9 +576,8 @@ def format_model_rows(rows: list[ModelRow]) -> str:
         "forward held max",
         "loss rel. diff",
     )
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [
+    cells = [
+        [
             r.model,
             r.size,
             r.mode,
@@ -594,8 +589,14 @@ def format_model_rows(rows: list[ModelRow]) -> str:
             _g(r.forward_held),
             "n/a (peer is plain)" if r.loss_diff != r.loss_diff else _g(r.loss_diff),
         ]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
+        for r in rows
+    ]
+    return _markdown(head, cells)
+
+
+def _markdown(head: Sequence[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def to_json(rows: Sequence[BenchRow | ModelRow]) -> str:
