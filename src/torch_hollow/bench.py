@@ -8,11 +8,23 @@ and the peak memory of one training step (CUDA: ``torch.cuda.max_memory_allocate
 growth of the resident set over one step, in a fresh subprocess). Correctness: the largest
 |value| on the held entries of what each recipe stores, after training with AdamW (weight decay)
 and with Muon, and of the weight its forward uses.
+
+`bench_models` does the same for whole training steps of real models (a MAF, a GOLEM SEM, a
+NOTEARS-MLP, a 4-layer MLP), torch-hollow against what each model's users write instead.
 """
 
 from __future__ import annotations
 
-__all__ = ["BenchRow", "bench", "format_rows", "plot_rows", "to_json"]
+__all__ = [
+    "BenchRow",
+    "ModelRow",
+    "bench",
+    "bench_models",
+    "format_model_rows",
+    "format_rows",
+    "plot_rows",
+    "to_json",
+]
 
 import io
 import json
@@ -23,11 +35,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .errors import HollowError
+from .model_recipes import MODELS, Model, held_entries
 from .patterns import Diagonal
 from .recipes import RECIPES, MaskedLinear, Spec, stored_params
 
@@ -295,22 +309,10 @@ def _measure(
         for _ in range(3):
             case.step()
             case.forward()
-    times: dict[tuple[str, str], list[float]] = {}
-    for kind in ("forward", "step"):
-        iters = {
-            r: max(1, int(round_s / max(_timed(getattr(c, kind), 3, spec.device) * 1e-6, 1e-7)))
-            for r, c in cases.items()
-        }
-        for _ in range(rounds):
-            for r, c in cases.items():
-                times.setdefault((r, kind), []).append(
-                    _timed(getattr(c, kind), iters[r], spec.device)
-                )
+    times = _interleaved(cases, rounds, round_s, spec.device)
     plain = cases["plain"].module
     rows = []
     for r, case in cases.items():
-        fwd = _ratios(times[r, "forward"], times["plain", "forward"])
-        stp = _ratios(times[r, "step"], times["plain", "step"])
         checks = _correctness(r, spec, steps) if steps else (float("nan"),) * 3
         peak = _peak_step_bytes(r, spec, batch, mode == "compiled") if memory else -1
         rows.append(
@@ -319,12 +321,7 @@ def _measure(
                 n=spec.n,
                 batch=batch,
                 mode=mode,
-                forward_us=statistics.median(times[r, "forward"]),
-                step_us=statistics.median(times[r, "step"]),
-                forward_ratio=fwd[0],
-                forward_spread=fwd[1],
-                step_ratio=stp[0],
-                step_spread=stp[1],
+                **_timing(times, r, "plain"),
                 extra_state_bytes=_state_bytes(case.module) - _state_bytes(plain),
                 extra_state_dict_bytes=_state_dict_bytes(case.module) - _state_dict_bytes(plain),
                 peak_step_bytes=peak,
@@ -336,12 +333,184 @@ def _measure(
     return rows
 
 
+def _interleaved(
+    cases: dict[str, Any], rounds: int, round_s: float, device: torch.device
+) -> dict[tuple[str, str], list[float]]:
+    """Microseconds per call of each case's ``forward`` and ``step``, round after round."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for kind in ("forward", "step"):
+        iters = {
+            r: max(1, int(round_s / max(_timed(getattr(c, kind), 3, device) * 1e-6, 1e-7)))
+            for r, c in cases.items()
+        }
+        for _ in range(rounds):
+            for r, c in cases.items():
+                times.setdefault((r, kind), []).append(_timed(getattr(c, kind), iters[r], device))
+    return times
+
+
+def _timing(times: dict[tuple[str, str], list[float]], r: str, ref: str) -> dict[str, float]:
+    """A row's time columns: medians, and ratios over ``ref`` with their spreads."""
+    fwd = _ratios(times[r, "forward"], times[ref, "forward"])
+    stp = _ratios(times[r, "step"], times[ref, "step"])
+    return {
+        "forward_us": statistics.median(times[r, "forward"]),
+        "step_us": statistics.median(times[r, "step"]),
+        "forward_ratio": fwd[0],
+        "forward_spread": fwd[1],
+        "step_ratio": stp[0],
+        "step_spread": stp[1],
+    }
+
+
 def _ratios(mine: list[float], plain: list[float]) -> tuple[float, float]:
     ratios = sorted(a / b for a, b in zip(mine, plain, strict=True))
     if len(ratios) < 4:
         return statistics.median(ratios), 0.0
     q = statistics.quantiles(ratios, n=4)
     return statistics.median(ratios), (q[2] - q[0]) / 2
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A whole model built one way (its peer, or torch-hollow) in one mode; times in us."""
+
+    model: str
+    size: str
+    mode: str  # "eager" or "compiled"
+    recipe: str  # what the peer writes (e.g. "W*mask"), or "torch-hollow"
+    forward_us: float  # the loss under no_grad
+    step_us: float  # zero_grad, loss, backward, Adam step
+    forward_ratio: float  # median over rounds of this build / the peer
+    forward_spread: float  # half the inter-quartile range of those ratios
+    step_ratio: float
+    step_spread: float
+    stored_held: float  # max |held entries| of the stored weights after the lockstep steps
+    forward_held: float  # ... of the weights the forward uses
+    loss_diff: float  # max relative difference from the peer's losses (NaN: another function)
+
+
+class _ModelCase:
+    """A model's module, its Adam optimizer and one fixed batch: forward and step callables."""
+
+    def __init__(self, model: Model, build: Callable[..., nn.Module], tiny: bool, compiled: bool):
+        size, batch = model.sized(tiny)
+        torch.manual_seed(0)  # the peer and torch-hollow start from the same free values
+        self.module = build(**size)
+        self.run = torch.compile(self.module) if compiled else self.module
+        self.opt = torch.optim.Adam(self.module.parameters(), lr=1e-3)
+        self.x = model.data(batch, size[model.dim], torch.Generator().manual_seed(0))
+
+    def forward(self) -> None:
+        with torch.no_grad():
+            self.run(self.x)
+
+    def step(self) -> Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.run(self.x)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def bench_models(
+    models: Sequence[str] | None = None,
+    *,
+    modes: Sequence[str] = ("eager",),
+    tiny: bool = False,
+    threads: int = 2,
+    rounds: int = 15,
+    round_s: float = 0.05,
+    steps: int = 20,
+    progress: Callable[[str], None] | None = None,
+) -> list[ModelRow]:
+    """Time whole training steps of real models, torch-hollow against what their users write.
+
+    For each model of `torch_hollow.model_recipes.MODELS` (``maf``, ``golem``,
+    ``notears-mlp``, ``mlp``), the peer and the torch-hollow build start from the same seed,
+    data and Adam optimizer; both first take ``steps`` steps in lockstep (warm-up and
+    compilation), after which the correctness columns are read: the largest |value| on the
+    held entries of the stored weights and of the weights the forward uses, and the largest
+    relative difference of the two loss trajectories. Then steps and forwards are timed
+    interleaved, round after round, as `bench` does.
+
+    Args:
+        models: names from ``MODELS`` (default: all).
+        modes: ``eager`` and/or ``compiled`` (``torch.compile`` of the model).
+        tiny: each model's tiny size (for tests) instead of its full size.
+        threads: ``torch.set_num_threads`` for the run.
+        rounds: interleaved rounds per model and mode.
+        round_s: seconds per build per round.
+        steps: lockstep Adam steps before timing (at least 1).
+        progress: called with a line of text as each model starts.
+
+    Returns:
+        Two rows per model and mode: the peer (ratio 1.0), then torch-hollow.
+
+    Raises:
+        HollowError: an unknown model name.
+
+    Example:
+        >>> rows = bench_models(["maf"], tiny=True, rounds=2, round_s=0.001, steps=3)
+        >>> [(r.recipe, r.stored_held > 0, r.forward_held, r.loss_diff) for r in rows]
+        [('W*mask', True, 0.0, 0.0), ('torch-hollow', False, 0.0, 0.0)]
+    """
+    names = list(models or MODELS)
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise HollowError(
+            f"torch_hollow: unknown model(s) {unknown}. Fix: choose from {list(MODELS)}."
+        )
+    torch.set_num_threads(threads)
+    rows: list[ModelRow] = []
+    start = time.perf_counter()
+    for mode in modes:
+        for name in names:
+            if progress:
+                progress(
+                    f"[{len(rows) // 2 + 1}/{len(names) * len(modes)}] {mode} {name} "
+                    f"({time.perf_counter() - start:.0f} s)"
+                )
+            rows += _measure_model(name, mode, tiny, rounds, round_s, max(steps, 1))
+    return rows
+
+
+def _measure_model(
+    name: str, mode: str, tiny: bool, rounds: int, round_s: float, steps: int
+) -> list[ModelRow]:
+    model = MODELS[name]
+    cases = {
+        model.peer_name: _ModelCase(model, model.peer, tiny, mode == "compiled"),
+        "torch-hollow": _ModelCase(model, model.hollow, tiny, mode == "compiled"),
+    }
+    losses: dict[str, list[float]] = {r: [] for r in cases}
+    for _ in range(steps):
+        for r, case in cases.items():
+            losses[r].append(case.step().item())
+    held = {
+        r: [(_held_max(stored, mask), _held_max(used, mask)) for stored, used, mask in entries]
+        for r, entries in ((r, held_entries(c.module)) for r, c in cases.items())
+    }
+    for case in cases.values():
+        case.forward()  # compiles the no_grad graph too
+    times = _interleaved(cases, rounds, round_s, torch.device("cpu"))
+    peer = model.peer_name
+    rows = []
+    for r in cases:
+        diff = max(abs(a - b) / abs(b) for a, b in zip(losses[r], losses[peer], strict=True))
+        rows.append(
+            ModelRow(
+                model=name,
+                size=model.describe(tiny),
+                mode=mode,
+                recipe=r,
+                **_timing(times, r, peer),
+                stored_held=max(s for s, _ in held[r]),
+                forward_held=max(u for _, u in held[r]),
+                loss_diff=diff if model.same_function else float("nan"),
+            )
+        )
+    return rows
 
 
 def _g(x: float) -> str:
@@ -369,41 +538,82 @@ def format_rows(rows: list[BenchRow]) -> str:
         "stored Muon",
         "forward Muon",
     )
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     mib = 2.0**20
+    cells = []
     for r in rows:
         peak = "n/a" if r.peak_step_bytes < 0 else f"{r.peak_step_bytes / mib:.2f}"
-        out.append(
-            "| "
-            + " | ".join(
-                [
-                    r.mode,
-                    str(r.n),
-                    str(r.batch),
-                    r.recipe,
-                    f"{r.forward_ratio:.3f} ± {r.forward_spread:.3f}",
-                    f"{r.step_ratio:.3f} ± {r.step_spread:.3f}",
-                    f"{r.step_us:.1f}",
-                    f"{r.extra_state_bytes / mib:.2f}",
-                    f"{r.extra_state_dict_bytes / mib:.2f}",
-                    peak,
-                    _g(r.stored_adamw),
-                    _muon(r.stored_muon),
-                    _muon(r.forward_muon),
-                ]
-            )
-            + " |"
+        cells.append(
+            [
+                r.mode,
+                str(r.n),
+                str(r.batch),
+                r.recipe,
+                f"{r.forward_ratio:.3f} ± {r.forward_spread:.3f}",
+                f"{r.step_ratio:.3f} ± {r.step_spread:.3f}",
+                f"{r.step_us:.1f}",
+                f"{r.extra_state_bytes / mib:.2f}",
+                f"{r.extra_state_dict_bytes / mib:.2f}",
+                peak,
+                _g(r.stored_adamw),
+                _muon(r.stored_muon),
+                _muon(r.forward_muon),
+            ]
         )
-    return "\n".join(out)
+    return _markdown(head, cells)
 
 
-def to_json(rows: list[BenchRow]) -> str:
+def format_model_rows(rows: list[ModelRow]) -> str:
+    """A markdown table of `bench_models` rows."""
+    head = (
+        "model",
+        "size",
+        "mode",
+        "recipe",
+        "step ratio",
+        "fwd ratio",
+        "step us",
+        "stored held max",
+        "forward held max",
+        "loss rel. diff",
+    )
+    cells = [
+        [
+            r.model,
+            r.size,
+            r.mode,
+            r.recipe,
+            f"{r.step_ratio:.3f} ± {r.step_spread:.3f}",
+            f"{r.forward_ratio:.3f} ± {r.forward_spread:.3f}",
+            f"{r.step_us:.1f}",
+            _g(r.stored_held),
+            _g(r.forward_held),
+            "n/a (peer is plain)" if r.loss_diff != r.loss_diff else _g(r.loss_diff),
+        ]
+        for r in rows
+    ]
+    return _markdown(head, cells)
+
+
+def _markdown(head: Sequence[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def to_json(rows: Sequence[BenchRow | ModelRow]) -> str:
     """The rows as JSON (a list of objects)."""
     return json.dumps([asdict(r) for r in rows], indent=2)
 
 
-def plot_rows(rows: list[BenchRow], path: str) -> None:
-    """Grouped bars of the forward and step ratios, one group per (mode, n, batch) point.
+def _bar(r: BenchRow | ModelRow) -> tuple[str, str]:
+    # (group, series): a group per (mode, n, batch) point or (mode, model); a model's peer is
+    # one series whatever it writes.
+    if isinstance(r, ModelRow):
+        return f"{r.mode}\n{r.model}", r.recipe if r.recipe == "torch-hollow" else "peer"
+    return f"{r.mode}\nn={r.n} b={r.batch}", r.recipe
+
+
+def plot_rows(rows: Sequence[BenchRow | ModelRow], path: str) -> None:
+    """Grouped bars of the forward and step ratios, one group per point (or model) and mode.
 
     Needs matplotlib (``pip install 'torch-hollow[plot]'``).
     """
@@ -417,9 +627,9 @@ def plot_rows(rows: list[BenchRow], path: str) -> None:
             "torch_hollow: --plot needs matplotlib. Fix: pip install "
             "'torch-hollow[plot]' (or matplotlib)."
         ) from None
-    points = list(dict.fromkeys((r.mode, r.n, r.batch) for r in rows))
-    recipes = list(dict.fromkeys(r.recipe for r in rows))
-    by = {(r.mode, r.n, r.batch, r.recipe): r for r in rows}
+    by = {_bar(r): r for r in rows}
+    points = list(dict.fromkeys(p for p, _ in by))
+    recipes = list(dict.fromkeys(s for _, s in by))
     fig, axes = plt.subplots(
         2, 1, figsize=(max(8, 0.5 * len(points) * len(recipes)), 7), sharex=True
     )
@@ -427,7 +637,7 @@ def plot_rows(rows: list[BenchRow], path: str) -> None:
     for ax, kind in zip(axes, ("forward", "step"), strict=True):
         for i, recipe in enumerate(recipes):
             xs = [j + i * width for j in range(len(points))]
-            rs = [by[(*p, recipe)] for p in points]
+            rs = [by[p, recipe] for p in points]
             ax.bar(
                 xs,
                 [getattr(r, f"{kind}_ratio") for r in rs],
@@ -436,11 +646,8 @@ def plot_rows(rows: list[BenchRow], path: str) -> None:
                 label=recipe,
             )
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_ylabel(f"{kind} time / plain")
-    axes[1].set_xticks(
-        [j + 0.4 - width / 2 for j in range(len(points))],
-        [f"{m}\nn={n} b={b}" for m, n, b in points],
-    )
+        ax.set_ylabel(f"{kind} time / {recipes[0]}")
+    axes[1].set_xticks([j + 0.4 - width / 2 for j in range(len(points))], points)
     axes[0].legend(ncol=3, fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -7,6 +7,7 @@ __all__ = ["main"]
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -50,17 +51,85 @@ def _points(text: str | None) -> list[tuple[int, int]] | None:
     return [(int(n), int(b)) for n, b in (p.split("x") for p in text.split(",") if p)]
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _run_bench(
+    args: argparse.Namespace,
+    measure: Callable[[], list],
+    header: Callable[[], str],
+    table: Callable[[list], str],
+) -> int:
+    """Measure, plot, print ``header`` and the table, write JSON; 2 on a HollowError."""
+    from .bench import plot_rows, to_json
+    from .errors import HollowError
+
+    try:
+        rows = measure()
+        if args.plot:
+            plot_rows(rows, args.plot)
+    except HollowError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(header() + "\n")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(rows))
+    return 0
+
+
+def _bench_models(args: argparse.Namespace) -> int:
     import platform
 
     import torch
 
-    from .bench import bench, format_rows, plot_rows, to_json
-    from .errors import HollowError
+    from .bench import bench_models, format_model_rows
+
+    return _run_bench(
+        args,
+        lambda: bench_models(
+            None if args.models == "all" else args.models.split(","),
+            modes=("eager", "compiled") if args.compile else ("eager",),
+            tiny=args.tiny,
+            threads=args.threads,
+            rounds=args.rounds,
+            steps=args.steps,
+            progress=_progress,
+        ),
+        lambda: (
+            f"torch {torch.__version__}, cpu ({platform.machine()}), float32, {args.threads} "
+            f"threads, Adam step; ratios: over the peer, median ± half IQR over {args.rounds} "
+            f"interleaved rounds; held columns after {args.steps} lockstep steps"
+        ),
+        format_model_rows,
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.models:
+        return _bench_models(args)
+    import platform
+
+    import torch
+
+    from .bench import bench, format_rows
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    try:
-        rows = bench(
+
+    def header() -> str:
+        where = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
+        return (
+            f"torch {torch.__version__}, {args.device} ({where}), {args.dtype}, "
+            f"{args.threads} threads, SGD step"
+            + (f", {args.sparsity:.0%} of each weight pruned" if args.sparsity else "")
+            + f"; ratios: median ± half IQR over {args.rounds} interleaved rounds"
+        )
+
+    return _run_bench(
+        args,
+        lambda: bench(
             args.recipes.split(",") if args.recipes else None,
             sizes=_ints(args.sizes),
             batches=_ints(args.batches),
@@ -73,26 +142,11 @@ def _bench(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             memory=not args.no_memory,
             steps=args.steps,
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
-        )
-        if args.plot:
-            plot_rows(rows, args.plot)
-    except HollowError as err:
-        print(err, file=sys.stderr)
-        return 2
-    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
-    print(
-        f"torch {torch.__version__}, {args.device} ({where}), {args.dtype}, "
-        f"{args.threads} threads, SGD step"
-        + (f", {args.sparsity:.0%} of each weight pruned" if args.sparsity else "")
-        + "; ratios: median ± half IQR over "
-        f"{args.rounds} interleaved rounds\n"
+            progress=_progress,
+        ),
+        header,
+        format_rows,
     )
-    print(format_rows(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(to_json(rows))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the pruning comparison: hold a random mask of this fraction of each weight "
         "(e.g. 0.8 with --recipes torch-hollow,prune) instead of the diagonal",
     )
+    bench.add_argument(
+        "--models",
+        nargs="?",
+        const="all",
+        help="time whole training steps of real models against what their users write "
+        "instead: all, or some of maf,golem,notears-mlp,mlp (the layer options do not apply)",
+    )
+    bench.add_argument("--tiny", action="store_true", help="with --models: tiny sizes (tests)")
     bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     bench.add_argument("--steps", type=int, default=20, help="steps for the correctness columns")

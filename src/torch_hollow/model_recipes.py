@@ -1,0 +1,273 @@
+"""Whole models two ways: as their users write them (the peer) and with torch-hollow.
+
+Each `Model` builds a module whose ``forward(x)`` returns the training loss, from a seed, so
+the peer and the torch-hollow build start from the same free values and compute the same
+function (except ``mlp``, whose peer is plain ``nn.Linear``: the cost limit, diagonal free).
+``held_entries`` names, per constrained weight, what is stored, what the forward uses and
+which entries are held, so a benchmark can check both.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MODELS", "Model", "held_entries"]
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .constrain import convert, hollow_
+from .nn import HollowLinear
+from .patterns import BlockDiagonal, Diagonal, Mask
+from .recipes import MaskedLinear
+
+Linear = Callable[[Tensor], nn.Module]  # allowed (out, in) -> a linear layer holding ~allowed
+
+
+def _w_times_mask(allowed: Tensor) -> nn.Module:
+    return MaskedLinear(nn.Linear(allowed.shape[1], allowed.shape[0]), ~allowed)
+
+
+def _hollow_mask(allowed: Tensor) -> nn.Module:
+    return HollowLinear(allowed.shape[1], allowed.shape[0], pattern=Mask(allowed))
+
+
+# ----------------------------------------------------------------------------- MAF / MADE
+
+
+class MAF(nn.Module):
+    """A masked autoregressive flow (MADE transforms, orders reversed in turn); loss: NLL."""
+
+    def __init__(self, d: int, hidden: int, transforms: int, linear: Linear) -> None:
+        super().__init__()
+        self.made = nn.ModuleList()
+        for k in range(transforms):
+            order = torch.arange(d) if k % 2 == 0 else torch.arange(d).flip(0)
+            deg_in, deg_h = order + 1, torch.arange(hidden) % max(d - 1, 1) + 1
+            deg_out = (order + 1).repeat(2)  # shift and log-scale of each feature
+            self.made.append(
+                nn.Sequential(
+                    linear(deg_h[:, None] >= deg_in[None, :]),
+                    nn.ReLU(),
+                    linear(deg_h[:, None] >= deg_h[None, :]),
+                    nn.ReLU(),
+                    linear(deg_out[:, None] > deg_h[None, :]),
+                )
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        log_det = x.new_zeros(x.shape[0])
+        for made in self.made:
+            shift, log_scale = made(x).chunk(2, dim=-1)
+            log_scale = log_scale.tanh() * 3
+            x = (x - shift) * torch.exp(-log_scale)
+            log_det = log_det - log_scale.sum(-1)
+        log_prob = -0.5 * (x.square() + math.log(2 * math.pi)).sum(-1) + log_det
+        return -log_prob.mean()
+
+
+# ----------------------------------------------------------------------------- GOLEM
+
+
+class GolemSEM(nn.Module):
+    """A linear SEM X = X W + E with GOLEM-EV's likelihood loss, L1 and NOTEARS' h(W).
+
+    ``W`` starts at zero, as in GOLEM. This class reads ``W`` as stored (hold it with
+    ``hollow_(sem, "W")``); `MaskedSEM` is what GOLEM's code writes: ``W * (1 - I)``.
+    """
+
+    def __init__(self, d: int, lam1: float = 2e-2, lam2: float = 5.0) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.zeros(d, d))
+        self.register_buffer("eye", torch.eye(d))
+        self.lam1, self.lam2 = lam1, lam2
+
+    def weight(self) -> Tensor:
+        """The W the loss uses."""
+        return self.W
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight()
+        n, d = x.shape
+        likelihood = 0.5 * d * torch.log((x - x @ w).square().sum() / n)
+        likelihood = likelihood - torch.linalg.slogdet(self.eye - w)[1]
+        h = torch.linalg.matrix_exp(w * w).diagonal().sum() - d
+        return likelihood + self.lam1 * w.abs().sum() + self.lam2 * h
+
+
+class MaskedSEM(GolemSEM):
+    """GOLEM as its code writes it: every forward uses ``W * (1 - I)``."""
+
+    def weight(self) -> Tensor:
+        return self.W * (1 - self.eye)
+
+
+def _golem_hollow(d: int) -> nn.Module:
+    return hollow_(GolemSEM(d), "W")
+
+
+# ----------------------------------------------------------------------------- NOTEARS-MLP
+
+
+class NotearsMLP(nn.Module):
+    """NOTEARS-MLP: node j = fc2_j(sigmoid(fc1(X)_j)); fc1 must not let node j read input j.
+
+    Loss: least squares + L1 and L2 on fc1's weight + the augmented-Lagrangian terms of
+    h(A) = tr(exp(A)) - d, A[i, j] = sum_k fc1.weight[j*m + k, i]^2.
+    """
+
+    def __init__(self, d: int, m: int, linear: Linear) -> None:
+        super().__init__()
+        self.d, self.m = d, m
+        self.fc1 = linear(~BlockDiagonal(rows=m, cols=1).held_mask((d * m, d)))
+        bound = 1 / math.sqrt(m)
+        self.fc2_weight = nn.Parameter(torch.empty(d, m).uniform_(-bound, bound))
+        self.fc2_bias = nn.Parameter(torch.empty(d).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.sigmoid(self.fc1(x).view(-1, self.d, self.m))
+        out = torch.einsum("ndm,dm->nd", hidden, self.fc2_weight) + self.fc2_bias
+        w = _used_weight(self.fc1)
+        a = w.view(self.d, self.m, self.d).square().sum(1).T
+        h = torch.linalg.matrix_exp(a).diagonal().sum() - self.d
+        fit = 0.5 * (out - x).square().sum() / x.shape[0]
+        return fit + 0.01 * w.abs().sum() + 0.005 * w.square().sum() + 0.5 * h * h + h
+
+
+def _used_weight(layer: nn.Module) -> Tensor:
+    return layer.inner.weight * layer.mask if isinstance(layer, MaskedLinear) else layer.weight
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+class Autoencoder(nn.Module):
+    """``depth`` square linear layers with ReLU between; loss: reconstruction error."""
+
+    def __init__(self, width: int, depth: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Linear(width, width), nn.ReLU()]
+        self.net = nn.Sequential(*layers[:-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.net(x) - x).square().mean()
+
+
+def _mlp_hollow(width: int, depth: int) -> nn.Module:
+    return convert(Autoencoder(width, depth))
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _gaussian(batch: int, d: int, gen: torch.Generator) -> Tensor:
+    return torch.randn(batch, d, generator=gen)
+
+
+def _sem_data(batch: int, d: int, gen: torch.Generator) -> Tensor:
+    # A random linear SEM on a DAG: X = E (I - W)^-1, W strictly upper, ~2 edges per node.
+    w = torch.randn(d, d, generator=gen).triu(1)
+    w = w * (torch.rand(d, d, generator=gen) < 4 / d)
+    x = torch.randn(batch, d, generator=gen) @ torch.linalg.inv(torch.eye(d) - w)
+    return (x - x.mean(0)) / x.std(0)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model two ways, at a full and a tiny size.
+
+    ``peer(**size)`` and ``hollow(**size)`` return modules whose ``forward(x)`` is the loss;
+    ``data(batch, d, generator)`` draws a batch for ``d = size[dim]``.
+    """
+
+    peer_name: str  # what the peer writes, for the table
+    peer: Callable[..., nn.Module]
+    hollow: Callable[..., nn.Module]
+    data: Callable[[int, int, torch.Generator], Tensor]
+    dim: str  # the size key that is the data's width
+    batch: int
+    size: dict[str, int]
+    tiny: dict[str, int]
+    same_function: bool = True
+
+    def sized(self, tiny: bool = False) -> tuple[dict[str, int], int]:
+        """The builders' keyword arguments and the batch size."""
+        return (self.tiny, min(self.batch, 16)) if tiny else (self.size, self.batch)
+
+    def describe(self, tiny: bool = False) -> str:
+        """The size, e.g. ``d=16 hidden=256 transforms=3 batch=256``."""
+        size, batch = self.sized(tiny)
+        return " ".join(f"{k}={v}" for k, v in size.items()) + f" batch={batch}"
+
+
+MODELS: dict[str, Model] = {
+    "maf": Model(
+        "W*mask",
+        lambda **s: MAF(linear=_w_times_mask, **s),
+        lambda **s: MAF(linear=_hollow_mask, **s),
+        _gaussian,
+        "d",
+        256,
+        {"d": 16, "hidden": 256, "transforms": 3},
+        {"d": 4, "hidden": 8, "transforms": 2},
+    ),
+    "golem": Model(
+        "W*(1-I)",
+        MaskedSEM,
+        _golem_hollow,
+        _sem_data,
+        "d",
+        1000,
+        {"d": 100},
+        {"d": 6},
+    ),
+    "notears-mlp": Model(
+        "fc1 W*mask",
+        lambda **s: NotearsMLP(linear=_w_times_mask, **s),
+        lambda **s: NotearsMLP(linear=_hollow_mask, **s),
+        _gaussian,
+        "d",
+        1000,
+        {"d": 20, "m": 10},
+        {"d": 4, "m": 3},
+    ),
+    "mlp": Model(
+        "plain",
+        Autoencoder,
+        _mlp_hollow,
+        _gaussian,
+        "width",
+        64,
+        {"width": 1024, "depth": 4},
+        {"width": 8, "depth": 4},
+        same_function=False,
+    ),
+}
+
+
+def held_entries(model: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(stored weight, weight the forward uses, held mask) of each constrained weight.
+
+    The peers' layers: a `MaskedLinear` (stored ``inner.weight``, used ``weight * mask``),
+    `MaskedSEM` (``W``, ``W * (1 - I)``) and plain ``nn.Linear`` (its diagonal, which only the
+    torch-hollow build holds). torch-hollow's: every held parameter, stored = used.
+    """
+    out = []
+    for module in model.modules():
+        patterns = module.__dict__.get("_hollow_patterns") or {}
+        if patterns:
+            for name, pattern in patterns.items():
+                w = getattr(module, name)
+                out.append((w, w, pattern.held_mask(w.shape, w.device)))
+        elif isinstance(module, MaskedLinear):
+            out.append((module.inner.weight, _used_weight(module), module.mask == 0))
+        elif isinstance(module, MaskedSEM):
+            out.append((module.W, module.weight(), module.eye.bool()))
+        elif type(module) is nn.Linear and isinstance(model, Autoencoder):
+            w = module.weight
+            out.append((w, w, Diagonal().held_mask(w.shape, w.device)))
+    return out

@@ -1,0 +1,96 @@
+"""torch-hollow bench --models on tiny sizes: structure and correctness columns, no timings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from torch_hollow import HollowError
+from torch_hollow.bench import bench_models, format_model_rows
+from torch_hollow.cli import main
+from torch_hollow.model_recipes import MODELS, held_entries
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return bench_models(tiny=True, rounds=2, round_s=0.001, steps=5)
+
+
+def test_a_row_per_model_and_build(rows):
+    assert [(r.model, r.recipe) for r in rows] == [
+        (name, recipe) for name, m in MODELS.items() for recipe in (m.peer_name, "torch-hollow")
+    ]
+    for peer, hollow in zip(rows[::2], rows[1::2], strict=True):
+        assert peer.step_ratio == 1.0 and peer.forward_ratio == 1.0
+        assert hollow.step_ratio > 0 and hollow.step_us > 0 and hollow.forward_us > 0
+        assert peer.mode == hollow.mode == "eager" and peer.size == hollow.size
+
+
+def test_torch_hollow_stores_and_uses_exact_zeros(rows):
+    by = {(r.model, r.recipe): r for r in rows}
+    for name in MODELS:
+        hollow = by[name, "torch-hollow"]
+        assert (hollow.stored_held, hollow.forward_held) == (0.0, 0.0)
+    # The masked peers keep their initial random values under the mask; GOLEM starts W at 0 and
+    # its gradient there is 0, so Adam leaves its stored diagonal at 0 too.
+    assert by["maf", "W*mask"].stored_held > 0 and by["maf", "W*mask"].forward_held == 0.0
+    assert by["notears-mlp", "fc1 W*mask"].stored_held > 0
+    assert by["notears-mlp", "fc1 W*mask"].forward_held == 0.0
+    assert by["golem", "W*(1-I)"].stored_held == 0.0
+    assert by["mlp", "plain"].forward_held > 0  # plain learns its diagonal
+
+
+def test_loss_trajectories_agree_where_the_function_is_the_same(rows):
+    for r in rows:
+        if r.model == "mlp":
+            assert math.isnan(r.loss_diff)
+        else:
+            assert r.loss_diff < 1e-5, r
+    assert "n/a (peer is plain)" in format_model_rows(rows)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_both_builds_start_from_the_same_free_values(name):
+    model = MODELS[name]
+    size, _ = model.sized(tiny=True)
+    built = []
+    for build in (model.peer, model.hollow):
+        torch.manual_seed(0)
+        built.append(held_entries(build(**size)))
+    assert len(built[0]) == len(built[1]) > 0
+    for (_, used_peer, held_peer), (stored, used, held) in zip(*built, strict=True):
+        assert torch.equal(held_peer, held) and (stored[held] == 0).all()
+        assert torch.equal(used_peer[~held], used[~held])
+
+
+def test_compiled_mode_keeps_the_zeros():
+    rows = bench_models(["maf"], modes=("compiled",), tiny=True, rounds=1, round_s=0.001, steps=2)
+    hollow = rows[1]
+    assert (hollow.mode, hollow.stored_held, hollow.forward_held) == ("compiled", 0.0, 0.0)
+    assert hollow.loss_diff < 1e-5
+
+
+def test_cli_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "models.json", tmp_path / "models.png"
+    args = ["bench", "--models", "golem,mlp", "--tiny", "--rounds", "2", "--steps", "2"]
+    assert main([*args, "--json", str(out), "--plot", str(png)]) == 0
+    text = capsys.readouterr()
+    assert "| golem | d=6 batch=16 | eager | torch-hollow |" in text.out
+    assert "[2/2] eager mlp" in text.err
+    assert [(r["model"], r["recipe"]) for r in json.loads(out.read_text())] == [
+        ("golem", "W*(1-I)"),
+        ("golem", "torch-hollow"),
+        ("mlp", "plain"),
+        ("mlp", "torch-hollow"),
+    ]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_models_are_refused(capsys):
+    assert main(["bench", "--models", "maf,vae"]) == 2
+    assert "unknown model(s) ['vae']" in capsys.readouterr().err
+    with pytest.raises(HollowError, match="unknown model"):
+        bench_models(["vae"])
