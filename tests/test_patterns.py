@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from torch_hollow import HollowError, HollowLinear, HollowWarning, hollow_
+from torch_hollow import HollowError, HollowLinear, HollowWarning, guard, hollow_
 from torch_hollow.functional import hollow_linear
 from torch_hollow.patterns import BlockDiagonal, Diagonal, Mask, StackedDiagonal
 
@@ -254,3 +254,90 @@ def test_hollow_with_pattern_on_existing_linear():
     hollow_(layer, pattern=BlockDiagonal(2, 1))
     assert layer.weight is weight
     assert_bitwise_zero(layer.weight, block_mask([2] * 4, [1] * 4))
+
+
+def _special_values(shape, dtype, device="cpu"):
+    """Random values with inf, -inf, NaN and -0.0 sprinkled in (what a held entry may hold)."""
+    t = torch.randn(shape, device=device).to(dtype)
+    flat = t.view(-1)
+    flat[::7] = float("inf")
+    flat[1::7] = float("-inf")
+    flat[2::7] = float("nan")
+    flat[3::7] = -0.0
+    return t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("held_fraction", [0.03, 0.5])  # index list / bitwise AND
+@pytest.mark.parametrize("batched", [False, True])
+def test_mask_zero_writes_plus_zero_and_leaves_free_entries_bitwise(
+    dtype, held_fraction, batched, device
+):
+    gen = torch.Generator().manual_seed(0)
+    held = torch.rand(24, 40, generator=gen) < held_fraction
+    pattern = Mask(~held)
+    shape = (3, 24, 40) if batched else (24, 40)
+    t = _special_values(shape, dtype, device)
+    before = t.clone()
+    assert pattern.zero_(t) is t
+    assert_bitwise_zero(t, held)
+    free = ~held.to(device).expand(shape)
+    # bit for bit, NaN and -0.0 included
+    assert torch.equal(t[free].view(_int(dtype)), before[free].view(_int(dtype)))
+
+
+def _int(dtype):
+    return {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+
+
+def test_mask_zero_of_the_transposed_gradient_view():
+    held = torch.rand(16, 9, generator=torch.Generator().manual_seed(1)) < 0.4
+    grad_t = torch.randn(16, 9).t().contiguous().t()  # what a hook sees: a transposed view
+    Mask(~held).zero_transposed_grad_(grad_t.mT)
+    assert_bitwise_zero(grad_t, held)
+
+
+def test_mask_zero_on_a_tensor_autograd_records_is_differentiable():
+    held = torch.eye(5, dtype=torch.bool)
+    w = torch.randn(5, 5, requires_grad=True)
+    out = Mask(~held).zero_(w.clone())
+    out.sum().backward()
+    assert_bitwise_zero(w.grad, held)
+    assert (w.grad[~held] == 1).all()
+
+
+def test_mask_keeps_an_index_list_when_few_entries_are_held():
+    sparse = Mask(~(torch.rand(64, 64, generator=torch.Generator().manual_seed(2)) < 0.05))
+    dense = Mask(~(torch.rand(64, 64, generator=torch.Generator().manual_seed(2)) < 0.5))
+    sparse.zero_(torch.randn(64, 64))
+    dense.zero_(torch.randn(64, 64))
+    index = [t for t in sparse.tensors() if t.dtype == torch.int64]
+    assert len(index) == 1 and index[0].numel() == int(sparse.held.sum())
+    keep = [t for t in dense.tensors() if t.dtype == torch.int32]
+    assert len(keep) == 1 and keep[0].shape == (64, 64)
+    assert set(torch.unique(keep[0]).tolist()) == {0, -1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_cpu_held_entries_are_written_through_numpy_views_where_numpy_can(dtype):
+    layer = HollowLinear(6, 6, dtype=dtype)
+    layer(torch.randn(2, 6, dtype=dtype))
+    [(_, (_ptr, (arrays, views, _others)))] = layer.__dict__["_hollow_cache"].items()
+    if dtype == torch.bfloat16:  # NumPy has no bfloat16: torch views, one _foreach_zero_
+        assert arrays == [] and len(views) == 1
+    else:
+        assert len(arrays) == 1 and views == []
+    layer.weight.data.fill_diagonal_(-0.0)
+    layer.weight.data[0, 0] = float("nan")
+    layer(torch.randn(2, 6, dtype=dtype))
+    assert_bitwise_zero(layer.weight, torch.eye(6, dtype=torch.bool))
+    # not Tensor.numpy(): the storage stays resizable, as FSDP needs (it frees and regrows it)
+    storage = layer.weight.untyped_storage()
+    assert storage.resizable()
+    nbytes = storage.nbytes()
+    storage.resize_(0)
+    guard.zero_stored_(layer)  # as after a step: nothing to write, no stale write
+    storage.resize_(nbytes)
+    layer.weight.data.fill_(1.0)
+    layer(torch.randn(2, 6, dtype=dtype))
+    assert_bitwise_zero(layer.weight, torch.eye(6, dtype=torch.bool))

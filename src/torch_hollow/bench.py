@@ -393,13 +393,20 @@ class ModelRow:
 class _ModelCase:
     """A model's module, its Adam optimizer and one fixed batch: forward and step callables."""
 
-    def __init__(self, model: Model, build: Callable[..., nn.Module], tiny: bool, compiled: bool):
+    def __init__(
+        self,
+        model: Model,
+        build: Callable[..., nn.Module],
+        tiny: bool,
+        compiled: bool,
+        device: torch.device,
+    ) -> None:
         size, batch = model.sized(tiny)
         torch.manual_seed(0)  # the peer and torch-hollow start from the same free values
-        self.module = build(**size)
+        self.module = build(**size).to(device)
         self.run = torch.compile(self.module) if compiled else self.module
         self.opt = torch.optim.Adam(self.module.parameters(), lr=1e-3)
-        self.x = model.data(batch, size[model.dim], torch.Generator().manual_seed(0))
+        self.x = model.data(batch, size[model.dim], torch.Generator().manual_seed(0)).to(device)
 
     def forward(self) -> None:
         with torch.no_grad():
@@ -417,6 +424,7 @@ def bench_models(
     models: Sequence[str] | None = None,
     *,
     modes: Sequence[str] = ("eager",),
+    device: str = "cpu",
     tiny: bool = False,
     threads: int = 2,
     rounds: int = 15,
@@ -437,6 +445,7 @@ def bench_models(
     Args:
         models: names from ``MODELS`` (default: all).
         modes: ``eager`` and/or ``compiled`` (``torch.compile`` of the model).
+        device: ``cpu`` or ``cuda`` (models are built on the CPU from the seed, then moved).
         tiny: each model's tiny size (for tests) instead of its full size.
         threads: ``torch.set_num_threads`` for the run.
         rounds: interleaved rounds per model and mode.
@@ -448,7 +457,7 @@ def bench_models(
         Two rows per model and mode: the peer (ratio 1.0), then torch-hollow.
 
     Raises:
-        HollowError: an unknown model name.
+        HollowError: an unknown model name, or no CUDA.
 
     Example:
         >>> rows = bench_models(["maf"], tiny=True, rounds=2, round_s=0.001, steps=3)
@@ -461,6 +470,7 @@ def bench_models(
         raise HollowError(
             f"torch_hollow: unknown model(s) {unknown}. Fix: choose from {list(MODELS)}."
         )
+    dev = _check_options(device, torch.float32, [])
     torch.set_num_threads(threads)
     rows: list[ModelRow] = []
     start = time.perf_counter()
@@ -471,17 +481,24 @@ def bench_models(
                     f"[{len(rows) // 2 + 1}/{len(names) * len(modes)}] {mode} {name} "
                     f"({time.perf_counter() - start:.0f} s)"
                 )
-            rows += _measure_model(name, mode, tiny, rounds, round_s, max(steps, 1))
+            rows += _measure_model(name, mode, dev, tiny, rounds, round_s, max(steps, 1))
     return rows
 
 
 def _measure_model(
-    name: str, mode: str, tiny: bool, rounds: int, round_s: float, steps: int
+    name: str,
+    mode: str,
+    device: torch.device,
+    tiny: bool,
+    rounds: int,
+    round_s: float,
+    steps: int,
 ) -> list[ModelRow]:
     model = MODELS[name]
+    compiled = mode == "compiled"
     cases = {
-        model.peer_name: _ModelCase(model, model.peer, tiny, mode == "compiled"),
-        "torch-hollow": _ModelCase(model, model.hollow, tiny, mode == "compiled"),
+        model.peer_name: _ModelCase(model, model.peer, tiny, compiled, device),
+        "torch-hollow": _ModelCase(model, model.hollow, tiny, compiled, device),
     }
     losses: dict[str, list[float]] = {r: [] for r in cases}
     for _ in range(steps):
@@ -493,7 +510,7 @@ def _measure_model(
     }
     for case in cases.values():
         case.forward()  # compiles the no_grad graph too
-    times = _interleaved(cases, rounds, round_s, torch.device("cpu"))
+    times = _interleaved(cases, rounds, round_s, device)
     peer = model.peer_name
     rows = []
     for r in cases:

@@ -80,9 +80,15 @@ def _run_bench(
     return 0
 
 
-def _bench_models(args: argparse.Namespace) -> int:
+def _where(device: str) -> str:
     import platform
 
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else platform.machine()
+
+
+def _bench_models(args: argparse.Namespace) -> int:
     import torch
 
     from .bench import bench_models, format_model_rows
@@ -92,6 +98,7 @@ def _bench_models(args: argparse.Namespace) -> int:
         lambda: bench_models(
             None if args.models == "all" else args.models.split(","),
             modes=("eager", "compiled") if args.compile else ("eager",),
+            device=args.device,
             tiny=args.tiny,
             threads=args.threads,
             rounds=args.rounds,
@@ -99,9 +106,9 @@ def _bench_models(args: argparse.Namespace) -> int:
             progress=_progress,
         ),
         lambda: (
-            f"torch {torch.__version__}, cpu ({platform.machine()}), float32, {args.threads} "
-            f"threads, Adam step; ratios: over the peer, median ± half IQR over {args.rounds} "
-            f"interleaved rounds; held columns after {args.steps} lockstep steps"
+            f"torch {torch.__version__}, {args.device} ({_where(args.device)}), float32, "
+            f"{args.threads} threads, Adam step; ratios: over the peer, median ± half IQR over "
+            f"{args.rounds} interleaved rounds; held columns after {args.steps} lockstep steps"
         ),
         format_model_rows,
     )
@@ -110,8 +117,6 @@ def _bench_models(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.models:
         return _bench_models(args)
-    import platform
-
     import torch
 
     from .bench import bench, format_rows
@@ -119,9 +124,8 @@ def _bench(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
     def header() -> str:
-        where = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
         return (
-            f"torch {torch.__version__}, {args.device} ({where}), {args.dtype}, "
+            f"torch {torch.__version__}, {args.device} ({_where(args.device)}), {args.dtype}, "
             f"{args.threads} threads, SGD step"
             + (f", {args.sparsity:.0%} of each weight pruned" if args.sparsity else "")
             + f"; ratios: median ± half IQR over {args.rounds} interleaved rounds"

@@ -282,14 +282,47 @@ def _fresh_targets(param: Tensor, pattern: Pattern) -> _Targets:
 
 
 def _numpy_views(views: list[Tensor]) -> list[Any] | None:
-    # NumPy arrays sharing memory with CPU ``views`` (None: not on the CPU, a dtype NumPy lacks
+    # NumPy arrays over the memory of CPU ``views`` (None: not on the CPU, a dtype NumPy lacks
     # such as bfloat16, or no NumPy). Writing 0 through them writes +0.0, as zero_() does.
     if not all(v.device.type == "cpu" and type(v) is Tensor for v in views):
         return None
     try:
-        return [v.numpy() for v in views]
-    except (RuntimeError, TypeError):
+        import numpy
+    except ImportError:
         return None
+    kinds = [_NUMPY_KINDS.get(v.dtype) for v in views]
+    if None in kinds:
+        return None
+    return [
+        numpy.asarray(_Window(v, numpy.dtype(kind).str))  # native byte order, as torch's
+        for v, kind in zip(views, kinds, strict=True)
+    ]
+
+
+class _Window:
+    # A CPU view's memory as NumPy sees it, without Tensor.numpy(): that would mark the storage
+    # non-resizable, and FSDP frees and regrows the storages of the parameters it gathers
+    # (resize_). The view is kept, so its storage object stays alive; every write happens right
+    # after the parameter's data_ptr matched the one these views were made for.
+    def __init__(self, view: Tensor, typestr: str) -> None:
+        self.view = view
+        size = view.element_size()
+        self.__array_interface__ = {
+            "version": 3,
+            "shape": tuple(view.shape),
+            "strides": tuple(s * size for s in view.stride()),
+            "typestr": typestr,
+            "data": (view.data_ptr(), False),
+        }
+
+
+_NUMPY_KINDS = {
+    torch.float16: "float16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.complex64: "complex64",
+    torch.complex128: "complex128",
+}
 
 
 def dropped(pattern: Pattern, incoming: object) -> tuple[int, float]:
