@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from .errors import HollowError
 
@@ -328,8 +329,7 @@ class Mask(Pattern):
         # few entries are held, a list of their flat indices (index_fill_, cost per held
         # entry); otherwise an integer mask of the weight's element width, all ones where free
         # and zeros where held, and one bitwise AND, which writes +0.0 even over inf and NaN.
-        if t.requires_grad or (not torch.compiler.is_compiling() and _transformed() is not None):
-            # recorded by autograd (or a torch.func transform): a differentiable write
+        if t.requires_grad or _differentiating():  # autograd records it: a differentiable write
             return t.masked_fill_(self._held_on(t.device), 0)
         held = self.held
         k = held.dim()
@@ -393,6 +393,14 @@ class Mask(Pattern):
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 # Not None inside a torch.func transform, whose tensors are wrappers.
 _transformed = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+
+
+def _differentiating() -> bool:
+    # Forward-mode AD (a dual_level is open: tensors may carry tangents that an integer view
+    # would drop) or a torch.func transform. Dynamo cannot ask the latter; it traces neither.
+    if forward_ad._current_level >= 0:
+        return True
+    return not torch.compiler.is_compiling() and _transformed() is not None
 
 
 @dataclass(frozen=True)
