@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +152,27 @@ def test_cli_bench_points(capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| eager | 8 | 1 | torch-hollow |" in out and "| eager | 12 | 2 | plain |" in out
+
+
+def test_gpu_timing_script_runs_and_checks_its_zeros_on_cpu(tmp_path):
+    """benchmarks/gpu_timing.py (the GPU script's per-layer timing) on a tiny CPU size: a row per
+    point and mode, the held entries 0 after the timed steps, and the reduce-overhead check."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "timing.json"
+    args = ["--device", "cpu", "--dtype", "float32", "--sizes", "16", "--batches", "4"]
+    args += ["--min-rounds", "4", "--max-rounds", "4", "--round-ms", "1", "--warmup", "2"]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu_timing.py"), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| 16 | 4 | eager |" in done.stdout and "| 16 | 4 | compiled |" in done.stdout
+    result = json.loads(out.read_text())
+    [point] = result["points"]
+    assert point["held_max_after"] == {"eager": 0.0, "compiled": 0.0}
+    assert point["eager"]["hollow_us"] > 0 and point["compiled"]["hollow_us"] > 0
+    assert result["reduce_overhead"]["stored_diagonal_bitwise_zero"] is True
+    assert result["reduce_overhead"]["forward_matches_masked_reference"] is True

@@ -36,6 +36,7 @@ __all__ = [
 import functools
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -134,9 +135,9 @@ def guarded_modules() -> list[nn.Module]:
 
 def zero_stored_(module: nn.Module) -> None:
     """Write 0.0 into the held entries of every hollow parameter of ``module``."""
-    arrays, views, others = _stored_targets(module)
-    for array in arrays:
-        array.fill(0)
+    writers, views, others = _stored_targets(module)
+    for write in writers:
+        write()
     if views:
         torch._foreach_zero_(views)
     for pattern, data in others:
@@ -146,15 +147,15 @@ def zero_stored_(module: nn.Module) -> None:
 def zero_own_(module: nn.Module, name: str, param: Tensor) -> None:
     """`zero_stored_` for a module's one held ``param`` at ``name``, as each eager forward calls.
 
-    The hot path of a `HollowLinear` forward: the NumPy views cached for this storage, found
+    The hot path of a `HollowLinear` forward: the NumPy writers cached for this storage, found
     without the general lookup; anything else takes `zero_stored_`.
     """
     hit = module.__dict__.get("_hollow_cache", _NO_OWN).get(name)
     if hit is not None and type(param) is nn.Parameter and hit[0] == param.data_ptr():
-        arrays, views, others = hit[1]
+        writers, views, others = hit[1]
         if not (views or others):
-            for array in arrays:
-                array.fill(0)
+            for write in writers:
+                write()
             return
     zero_stored_(module)
 
@@ -169,9 +170,9 @@ def zero_traced_(module: nn.Module) -> None:
 def _after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
     views: list[Tensor] = []
     for module in _stepped_modules(optimizer):
-        arrays, more, others = _stored_targets(module)
-        for array in arrays:
-            array.fill(0)
+        writers, more, others = _stored_targets(module)
+        for write in writers:
+            write()
         views += more
         for pattern, data in others:
             pattern.zero_(data)
@@ -215,10 +216,10 @@ def _holder(module: nn.Module, name: str) -> tuple[nn.Module | None, str]:
         return None, leaf
 
 
-# What zeroes a parameter's held entries: NumPy views of them (CPU: a NumPy call costs ~0.3 us,
-# a torch op ~1.5 us, paid at every eager forward and step), torch views for one
-# _foreach_zero_ (accelerators, dtypes NumPy lacks), and (pattern, tensor) pairs for the rest.
-_Targets = tuple[list[Any], list[Tensor], list[tuple[Pattern, Tensor]]]
+# What zeroes a parameter's held entries: NumPy writers (CPU: a NumPy call costs ~0.3 us, a
+# torch op ~1.5 us, paid at every eager forward and step), torch views for one _foreach_zero_
+# (accelerators, dtypes NumPy lacks), and (pattern, tensor) pairs for the rest.
+_Targets = tuple[list[Callable[[], object]], list[Tensor], list[tuple[Pattern, Tensor]]]
 
 
 def _stored_targets(module: nn.Module) -> _Targets:
@@ -232,15 +233,15 @@ def _stored_targets(module: nn.Module) -> _Targets:
     if len(patterns) == 1:  # the common case, without building new lists
         [(name, pattern)] = patterns.items()
         return _targets_of(module, cache, name, pattern)
-    arrays: list[Any] = []
+    writers: list[Callable[[], object]] = []
     views: list[Tensor] = []
     others: list[tuple[Pattern, Tensor]] = []
     for name, pattern in patterns.items():
         more = _targets_of(module, cache, name, pattern)
-        arrays += more[0]
+        writers += more[0]
         views += more[1]
         others += more[2]
-    return arrays, views, others
+    return writers, views, others
 
 
 class _Cache(dict):
@@ -273,56 +274,13 @@ def _fresh_targets(param: Tensor, pattern: Pattern) -> _Targets:
         return ([], *shards.local_targets(data, pattern))
     if data.untyped_storage().nbytes() == 0:  # freed (FSDP resharded): nothing to write
         return _NONE
+    writers = pattern.cpu_writers(data)
+    if writers is not None:
+        return writers, [], []
     views = pattern.views(data)
     if views is None:
         return [], [], [(pattern, data)]
-    views = [v for v in views if v.numel()]
-    arrays = _numpy_views(views)
-    return (arrays, [], []) if arrays is not None else ([], views, [])
-
-
-def _numpy_views(views: list[Tensor]) -> list[Any] | None:
-    # NumPy arrays over the memory of CPU ``views`` (None: not on the CPU, a dtype NumPy lacks
-    # such as bfloat16, or no NumPy). Writing 0 through them writes +0.0, as zero_() does.
-    if not all(v.device.type == "cpu" and type(v) is Tensor for v in views):
-        return None
-    try:
-        import numpy
-    except ImportError:
-        return None
-    kinds = [_NUMPY_KINDS.get(v.dtype) for v in views]
-    if None in kinds:
-        return None
-    return [
-        numpy.asarray(_Window(v, numpy.dtype(kind).str))  # native byte order, as torch's
-        for v, kind in zip(views, kinds, strict=True)
-    ]
-
-
-class _Window:
-    # A CPU view's memory as NumPy sees it, without Tensor.numpy(): that would mark the storage
-    # non-resizable, and FSDP frees and regrows the storages of the parameters it gathers
-    # (resize_). The view is kept, so its storage object stays alive; every write happens right
-    # after the parameter's data_ptr matched the one these views were made for.
-    def __init__(self, view: Tensor, typestr: str) -> None:
-        self.view = view
-        size = view.element_size()
-        self.__array_interface__ = {
-            "version": 3,
-            "shape": tuple(view.shape),
-            "strides": tuple(s * size for s in view.stride()),
-            "typestr": typestr,
-            "data": (view.data_ptr(), False),
-        }
-
-
-_NUMPY_KINDS = {
-    torch.float16: "float16",
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.complex64: "complex64",
-    torch.complex128: "complex128",
-}
+    return [], [v for v in views if v.numel()], []
 
 
 def dropped(pattern: Pattern, incoming: object) -> tuple[int, float]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 __all__ = ["BlockDiagonal", "Diagonal", "Mask", "Pattern", "StackedDiagonal", "Union", "from_spec"]
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from ._numpy import window
 from .errors import HollowError
 
 
@@ -75,6 +77,21 @@ class Pattern:
     def tensors(self) -> list[Tensor]:
         """The tensors the pattern keeps, for memory accounting (closed forms keep none)."""
         return []
+
+    def cpu_writers(self, t: Tensor) -> list[Callable[[], object]] | None:
+        """Callables that each write 0.0 into held entries of ``t`` through NumPy, together all.
+
+        For a weight the guard re-zeroes at every eager forward and step: on the CPU a NumPy
+        call costs a fraction of a torch op. None when ``t`` is not a plain CPU tensor of a
+        dtype NumPy has, or the pattern cannot say it this way.
+        """
+        views = self.views(t)
+        if views is None:
+            return None
+        arrays = [window(v) for v in views if v.numel()]
+        if any(a is None for a in arrays):
+            return None
+        return [functools.partial(a.fill, 0) for a in arrays]
 
     def spec(self) -> dict[str, Any]:
         """Plain data describing the pattern (saved in state-dict metadata); see `from_spec`."""
@@ -343,6 +360,36 @@ class Mask(Pattern):
         t.view(bits).bitwise_and_(self._on_device(bits, t.device))
         return t
 
+    def zero_transposed_grad_(self, grad_t: Tensor | None) -> None:
+        # The hook on every eager backward: one op on the gradient as it comes (each torch op
+        # inside the backward costs several microseconds here), against the keep-mask's
+        # transpose.
+        if grad_t is None:
+            return
+        bits = _BITS.get(grad_t.element_size()) if grad_t.is_floating_point() else None
+        if bits is None or self._sparse() or grad_t.requires_grad or _differentiating():
+            self.zero_(grad_t.mT)
+            return
+        grad_t.view(bits).bitwise_and_(self._on_device(("transposed", bits), grad_t.device))
+
+    def cpu_writers(self, t: Tensor) -> list[Callable[[], object]] | None:
+        held = self.held
+        k = held.dim()
+        if self._sparse() and t.is_contiguous() and tuple(t.shape[-k:]) == tuple(held.shape):
+            flat = window(t.view(-1, held.numel()))
+            if flat is None:
+                return None
+            index = self._on_device("index", t.device).numpy()
+            return [functools.partial(flat.__setitem__, (slice(None), index), 0)]
+        bits = _BITS.get(t.element_size()) if t.is_floating_point() else None
+        ints = None if bits is None else window(t.view(bits))
+        if ints is None:
+            return None
+        import numpy  # window() found it
+
+        keep = self._on_device(bits, t.device).numpy()
+        return [functools.partial(numpy.bitwise_and, ints, keep, out=ints)]
+
     def _sparse(self) -> bool:
         # Index lists when at most 1 entry in 16 is held: 8 bytes per held entry, half a byte
         # per weight entry at most; faster than a full pass below about 1 in 16 (measured).
@@ -357,10 +404,12 @@ class Mask(Pattern):
         found = self._on.get(key)
         if found is None:
             if kind == "index":
-                found = self.held.reshape(-1).nonzero().squeeze(1)
+                found = self.held.reshape(-1).nonzero().squeeze(1).to(device)
+            elif isinstance(kind, tuple):  # ("transposed", dtype): a view of the keep-mask
+                found = self._on_device(kind[1], device).mT
             else:
-                found = torch.where(self.held, 0, -1).to(kind)  # -1: all bits set
-            found = self._on[key] = found.to(device)
+                found = torch.where(self.held, 0, -1).to(kind).to(device)  # -1: all bits set
+            self._on[key] = found
         return found
 
     def held_values(self, t: Tensor) -> Tensor:
@@ -391,6 +440,8 @@ class Mask(Pattern):
 
 # The signed integer dtype of each floating element width, for Mask's bitwise AND.
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 # Not None inside a torch.func transform, whose tensors are wrappers.
 _transformed = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
 
@@ -432,6 +483,10 @@ class Union(Pattern):
         for p in self.parts:
             p.zero_(t)
         return t
+
+    def cpu_writers(self, t: Tensor) -> list[Callable[[], object]] | None:
+        writers = [p.cpu_writers(t) for p in self.parts]
+        return None if any(w is None for w in writers) else [x for w in writers for x in w]
 
     def held_values(self, t: Tensor) -> Tensor:
         return t.detach()[self.held_mask(t.shape, t.device)]  # once, however many parts hold it
