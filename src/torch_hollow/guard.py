@@ -36,7 +36,7 @@ __all__ = [
 import functools
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -135,13 +135,20 @@ def guarded_modules() -> list[nn.Module]:
 
 def zero_stored_(module: nn.Module) -> None:
     """Write 0.0 into the held entries of every hollow parameter of ``module``."""
-    writers, views, others = _stored_targets(module)
-    for write in writers:
-        write()
+    _zero_modules((module,))
+
+
+def _zero_modules(modules: Iterable[nn.Module]) -> None:
+    views: list[Tensor] = []
+    for module in modules:
+        writers, more, others = _stored_targets(module)
+        for write in writers:
+            write()
+        views += more
+        for pattern, data in others:
+            pattern.zero_(data)
     if views:
-        torch._foreach_zero_(views)
-    for pattern, data in others:
-        pattern.zero_(data)
+        torch._foreach_zero_(views)  # one launch for all of them on an accelerator
 
 
 def zero_own_(module: nn.Module, name: str, param: Tensor) -> None:
@@ -168,16 +175,7 @@ def zero_traced_(module: nn.Module) -> None:
 
 
 def _after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    views: list[Tensor] = []
-    for module in _stepped_modules(optimizer):
-        writers, more, others = _stored_targets(module)
-        for write in writers:
-            write()
-        views += more
-        for pattern, data in others:
-            pattern.zero_(data)
-    if views:
-        torch._foreach_zero_(views)  # one launch for all of them on an accelerator
+    _zero_modules(_stepped_modules(optimizer))
 
 
 def _stepped_modules(optimizer: torch.optim.Optimizer) -> list[nn.Module]:

@@ -332,12 +332,6 @@ class Mask(Pattern):
             )
         return None
 
-    def _held_on(self, device: torch.device) -> Tensor:
-        held = self._on.get(device)
-        if held is None:
-            held = self._on[device] = self.held.to(device)
-        return held
-
     def views(self, t: Tensor) -> None:
         return None
 
@@ -347,16 +341,13 @@ class Mask(Pattern):
         # entry); otherwise an integer mask of the weight's element width, all ones where free
         # and zeros where held, and one bitwise AND, which writes +0.0 even over inf and NaN.
         if t.requires_grad or _differentiating():  # autograd records it: a differentiable write
-            return t.masked_fill_(self._held_on(t.device), 0)
-        held = self.held
-        k = held.dim()
-        if t.is_contiguous() and tuple(t.shape[-k:]) == tuple(held.shape) and self._sparse():
-            flat = t.view(-1, held.numel()) if t.dim() > k else t.view(1, -1)
-            flat.index_fill_(1, self._on_device("index", t.device), 0)
+            return t.masked_fill_(self._on_device("held", t.device), 0)
+        if self._indexed(t):
+            t.view(-1, self.held.numel()).index_fill_(1, self._on_device("index", t.device), 0)
             return t
-        bits = _BITS.get(t.element_size()) if t.is_floating_point() else None
+        bits = _bits(t)
         if bits is None:  # bool, integer and 16-byte complex tensors
-            return t.masked_fill_(self._held_on(t.device), 0)
+            return t.masked_fill_(self._on_device("held", t.device), 0)
         t.view(bits).bitwise_and_(self._on_device(bits, t.device))
         return t
 
@@ -366,22 +357,20 @@ class Mask(Pattern):
         # transpose.
         if grad_t is None:
             return
-        bits = _BITS.get(grad_t.element_size()) if grad_t.is_floating_point() else None
+        bits = _bits(grad_t)
         if bits is None or self._sparse() or grad_t.requires_grad or _differentiating():
             self.zero_(grad_t.mT)
             return
         grad_t.view(bits).bitwise_and_(self._on_device(("transposed", bits), grad_t.device))
 
     def cpu_writers(self, t: Tensor) -> list[Callable[[], object]] | None:
-        held = self.held
-        k = held.dim()
-        if self._sparse() and t.is_contiguous() and tuple(t.shape[-k:]) == tuple(held.shape):
-            flat = window(t.view(-1, held.numel()))
+        if self._indexed(t):
+            flat = window(t.view(-1, self.held.numel()))
             if flat is None:
                 return None
             index = self._on_device("index", t.device).numpy()
             return [functools.partial(flat.__setitem__, (slice(None), index), 0)]
-        bits = _BITS.get(t.element_size()) if t.is_floating_point() else None
+        bits = _bits(t)
         ints = None if bits is None else window(t.view(bits))
         if ints is None:
             return None
@@ -389,6 +378,11 @@ class Mask(Pattern):
 
         keep = self._on_device(bits, t.device).numpy()
         return [functools.partial(numpy.bitwise_and, ints, keep, out=ints)]
+
+    def _indexed(self, t: Tensor) -> bool:
+        # The index-list path: few entries held, and ``t`` flattens to rows of whole masks.
+        k = self.held.dim()
+        return self._sparse() and t.is_contiguous() and t.shape[-k:] == self.held.shape
 
     def _sparse(self) -> bool:
         # Index lists when at most 1 entry in 16 is held: 8 bytes per held entry, half a byte
@@ -399,11 +393,14 @@ class Mask(Pattern):
         return sparse
 
     def _on_device(self, kind: Any, device: torch.device) -> Tensor:
-        # The index list ("index") or the keep-mask of an integer dtype, made once per device.
+        # The bool mask ("held"), the index list ("index") or the keep-mask of an integer dtype,
+        # made once per device.
         key = (kind, device)
         found = self._on.get(key)
         if found is None:
-            if kind == "index":
+            if kind == "held":
+                found = self.held.to(device)
+            elif kind == "index":
                 found = self.held.reshape(-1).nonzero().squeeze(1).to(device)
             elif isinstance(kind, tuple):  # ("transposed", dtype): a view of the keep-mask
                 found = self._on_device(kind[1], device).mT
@@ -413,7 +410,7 @@ class Mask(Pattern):
         return found
 
     def held_values(self, t: Tensor) -> Tensor:
-        held = self._held_on(t.device).expand(t.shape)
+        held = self._on_device("held", t.device).expand(t.shape)
         return t.detach()[held]
 
     def tensors(self) -> list[Tensor]:
@@ -440,6 +437,11 @@ class Mask(Pattern):
 
 # The signed integer dtype of each floating element width, for Mask's bitwise AND.
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: Tensor) -> torch.dtype | None:
+    """The integer dtype ``t`` can be viewed as for a bitwise AND (None: not floating point)."""
+    return _BITS.get(t.element_size()) if t.is_floating_point() else None
 
 
 # Not None inside a torch.func transform, whose tensors are wrappers.
