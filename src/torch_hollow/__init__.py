@@ -17,11 +17,12 @@ __all__ = [
     "hollow_masks_",
     "is_hollow",
     "remove",
+    "rules_of",
     "zero_diagonal_",
 ]
 
 from .audit import AuditRow, audit
-from .constrain import convert, hollow_, is_hollow, remove
+from .constrain import convert, hollow_, is_hollow, remove, rules_of
 from .errors import HollowError, HollowWarning
 from .functional import zero_diagonal_
 from .nn import HollowLinear

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["convert", "hollow_", "is_hollow", "remove"]
+__all__ = ["convert", "hollow_", "is_hollow", "remove", "rules_of"]
 
 from collections.abc import Callable
 
@@ -14,6 +14,7 @@ from .errors import HollowError, refuse
 from .functional import check_weight, resolve_pattern
 from .nn import HollowLinear
 from .patterns import Diagonal, Pattern, StackedDiagonal
+from .rules import Rule, Zeros
 
 
 def hollow_(
@@ -171,6 +172,19 @@ def is_hollow(module: nn.Module) -> bool:
         (True, False)
     """
     return bool(module.__dict__.get("_hollow_patterns"))
+
+
+def rules_of(module: nn.Module) -> dict[str, Rule]:
+    """The rules held on ``module``'s parameters, by (possibly dotted) name; empty if none.
+
+    A new dict: changing it changes nothing on the module.
+
+    Example:
+        >>> from torch_hollow import HollowLinear, rules_of
+        >>> rules_of(HollowLinear(2, 2))
+        {'weight': Zeros(pattern=Diagonal(offset=0))}
+    """
+    return {n: Zeros(p) for n, p in (module.__dict__.get("_hollow_patterns") or {}).items()}
 
 
 _STACKED = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}

@@ -1,0 +1,153 @@
+"""What holds on the entries a pattern names: the rules the guard enforces.
+
+A `Pattern` says *which* entries of a parameter; a `Rule` says what holds there and how to
+restore it. The guard, the layer and the hooks ask a rule the questions below and nothing else,
+so a new kind of rule (entries frozen at their values, a projection) is one class in a file of
+its own:
+
+=====================  ==============================================================
+question               asked by
+=====================  ==============================================================
+`problem`              every verb, before it changes anything: does the rule fit?
+`plan`                 the guard, once per storage: the writes that restore the rule
+                       (after each optimizer step, on load, before a forward that
+                       follows a raw write such as ``nn.init`` or ``.data``)
+`enforce_`             a compiled graph (a functional write) and DTensor shards
+`apply`                a forward that reads a tensor the rule does not own
+                       (``functional_call``, ``torch.func``, tracing): a copy
+`grad_pattern`         the forward's gradient hook: entries whose gradient is 0.0
+`violations`           ``load_state_dict``: what a checkpoint had that the rule drops
+`restrict`             DTensor shards: the rule on one rank's local shard
+`record`               ``state_dict``: what to write into the checkpoint's metadata
+=====================  ==============================================================
+
+`Zeros` is the first rule: held entries are bitwise +0.0.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Plan", "Rule", "Zeros"]
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .patterns import Pattern
+
+
+class Plan(NamedTuple):
+    """The writes that restore a rule on one stored tensor; made once per storage.
+
+    ``calls`` run as they are (NumPy writes on the CPU, or any write of the rule's own);
+    ``zeros`` are views to set to 0.0, gathered across every module the guard visits into one
+    ``torch._foreach_zero_`` (one launch on an accelerator).
+    """
+
+    calls: tuple[Callable[[], object], ...] = ()
+    zeros: tuple[Tensor, ...] = ()
+
+
+class Rule:
+    """A constraint on some entries of one parameter, enforced by the guard.
+
+    Subclasses give `pattern`, `grad_pattern`, `enforce_`, `apply`, `violations`, `restrict`
+    and `record`; `problem` and `plan` have defaults built on those.
+    """
+
+    pattern: Pattern
+    """The entries the rule acts on."""
+
+    grad_pattern: Pattern | None
+    """The entries whose gradient is 0.0 (None: the gradient is left alone)."""
+
+    def problem(self, shape: torch.Size) -> tuple[str, str] | None:
+        """``(what is wrong, how to fix it)`` for a parameter of ``shape``; None if it fits."""
+        return self.pattern.problem(shape)
+
+    def plan(self, stored: Tensor) -> Plan:
+        """The writes that restore the rule on ``stored`` (a plain tensor's storage)."""
+        return Plan(calls=(functools.partial(self.enforce_, stored),))
+
+    def enforce_(self, t: Tensor) -> Tensor:
+        """Make ``t`` obey the rule, in place, and return it."""
+        raise NotImplementedError
+
+    def apply(self, t: Tensor) -> Tensor:
+        """A copy of ``t`` that obeys the rule; differentiable, ``t`` is never written."""
+        raise NotImplementedError
+
+    def mask_grad_(self, grad: Tensor) -> None:
+        """Zero the entries of ``grad`` that `grad_pattern` holds, in place."""
+        if self.grad_pattern is not None:
+            self.grad_pattern.zero_(grad)
+
+    def violations(self, t: Tensor) -> tuple[int, float]:
+        """How many entries of ``t`` break the rule, and the largest change enforcing makes."""
+        raise NotImplementedError
+
+    def restrict(self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]) -> Rule:
+        """The rule on the block of a ``shape`` tensor at ``offset`` of size ``local``."""
+        raise NotImplementedError
+
+    def record(self, metadata: dict[str, Any], name: str) -> None:
+        """Note the rule for parameter ``name`` in a state dict's module metadata."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Zeros(Rule):
+    """The entries of ``pattern`` are bitwise +0.0, in the stored weight and in its gradient.
+
+    What `HollowLinear`, `torch_hollow.hollow_` and the pruning verbs hold.
+
+    Args:
+        pattern: the held entries.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.patterns import Diagonal
+        >>> from torch_hollow.rules import Zeros
+        >>> rule = Zeros(Diagonal())
+        >>> w = torch.ones(2, 2)
+        >>> rule.violations(w)
+        (2, 1.0)
+        >>> rule.enforce_(w)
+        tensor([[0., 1.],
+                [1., 0.]])
+    """
+
+    pattern: Pattern
+    grad_pattern: Pattern = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grad_pattern", self.pattern)  # read on every eager forward
+
+    def plan(self, stored: Tensor) -> Plan:
+        writers = self.pattern.cpu_writers(stored)
+        if writers is not None:
+            return Plan(calls=tuple(writers))
+        views = self.pattern.views(stored)
+        if views is None:
+            return super().plan(stored)
+        return Plan(zeros=tuple(v for v in views if v.numel()))
+
+    def enforce_(self, t: Tensor) -> Tensor:
+        return self.pattern.zero_(t)
+
+    def apply(self, t: Tensor) -> Tensor:
+        return self.pattern.zero_(t.clone())
+
+    def violations(self, t: Tensor) -> tuple[int, float]:
+        count = self.pattern.count_nonzero(t)
+        return count, (self.pattern.max_abs(t) if count else 0.0)
+
+    def restrict(self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]) -> Zeros:
+        return Zeros(self.pattern.restrict(shape, offset, local))
+
+    def record(self, metadata: dict[str, Any], name: str) -> None:
+        # The key and format torch-hollow 0.1.0 wrote, which `audit` reads.
+        metadata.setdefault("hollow", {})[name] = self.pattern.spec()
