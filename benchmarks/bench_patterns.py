@@ -10,9 +10,9 @@ import platform
 
 import torch
 
-from torch_hollow.bench import bench, format_rows, to_json
 from torch_hollow.patterns import BlockDiagonal, Mask
-from torch_hollow.recipes import Spec
+from torch_hollow.tools.bench import bench, format_rows, to_json
+from torch_hollow.tools.recipes import Spec
 
 POINTS = [(256, 1), (1024, 8), (1024, 512)]
 

@@ -15,8 +15,8 @@ import argparse
 
 import torch
 
-from torch_hollow.bench import _peak_step_bytes, _state_bytes, _state_dict_bytes
-from torch_hollow.recipes import RECIPES, Spec, stored_params
+from torch_hollow.tools.bench import _peak_step_bytes, _state_bytes, _state_dict_bytes
+from torch_hollow.tools.recipes import RECIPES, Spec, stored_params
 
 COLUMNS = {"plain": "plain", "prune": "`prune.custom_from_mask`", "torch-hollow": "hollow `Mask`"}
 

@@ -14,10 +14,10 @@ import torch
 from _optim import HAS_MUON
 
 from torch_hollow import HollowError
-from torch_hollow.bench import bench, format_rows
 from torch_hollow.cli import main
 from torch_hollow.patterns import BlockDiagonal
-from torch_hollow.recipes import RECIPES, Spec
+from torch_hollow.tools.bench import bench, format_rows
+from torch_hollow.tools.recipes import RECIPES, Spec
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from torch_hollow import HollowError
-from torch_hollow.bench import bench_models, format_model_rows
 from torch_hollow.cli import main
-from torch_hollow.model_recipes import MODELS, held_entries
+from torch_hollow.tools.bench import bench_models, format_model_rows
+from torch_hollow.tools.model_recipes import MODELS, held_entries
 
 
 @pytest.fixture(scope="module")

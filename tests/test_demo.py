@@ -8,7 +8,7 @@ import sys
 from _optim import HAS_MUON
 
 from torch_hollow.cli import main
-from torch_hollow.demo import RECIPES, format_table, run_demo
+from torch_hollow.tools.demo import RECIPES, format_table, run_demo
 
 
 def test_demo_rows_show_who_keeps_the_diagonal():

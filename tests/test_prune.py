@@ -340,8 +340,8 @@ def test_lottery_ticket_example_reduced():
 
 
 def test_bench_pruning_comparison_columns(capsys):
-    from torch_hollow.bench import bench
     from torch_hollow.cli import main
+    from torch_hollow.tools.bench import bench
 
     rows = bench(
         ["torch-hollow", "prune"],

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo
+    from .tools.demo import format_table, run_demo
 
     start = time.perf_counter()
     print(
@@ -62,8 +62,8 @@ def _run_bench(
     table: Callable[[list], str],
 ) -> int:
     """Measure, plot, print ``header`` and the table, write JSON; 2 on a HollowError."""
-    from .bench import plot_rows, to_json
     from .errors import HollowError
+    from .tools.bench import plot_rows, to_json
 
     try:
         rows = measure()
@@ -91,7 +91,7 @@ def _where(device: str) -> str:
 def _bench_models(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import bench_models, format_model_rows
+    from .tools.bench import bench_models, format_model_rows
 
     return _run_bench(
         args,
@@ -119,7 +119,7 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_models(args)
     import torch
 
-    from .bench import bench, format_rows
+    from .tools.bench import bench, format_rows
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

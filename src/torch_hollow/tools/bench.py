@@ -40,9 +40,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import HollowError
+from torch_hollow import HollowError, rules_of
+from torch_hollow.patterns import Diagonal
+
 from .model_recipes import MODELS, Model, held_entries
-from .patterns import Diagonal
 from .recipes import RECIPES, MaskedLinear, Spec, stored_params
 
 _HAS_MUON = hasattr(torch.optim, "Muon")  # torch >= 2.9
@@ -76,9 +77,7 @@ def _state_bytes(module: nn.Module) -> int:
     tensors = [*module.parameters(), *module.buffers()]
     for m in module.modules():
         tensors += [v for v in vars(m).values() if isinstance(v, Tensor)]
-        tensors += [
-            t for p in (m.__dict__.get("_hollow_patterns") or {}).values() for t in p.tensors()
-        ]
+        tensors += [t for rule in rules_of(m).values() for t in rule.pattern.tensors()]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
 
@@ -140,8 +139,8 @@ def _peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int
     # makes glibc return every large block on free, so the resident set tracks live tensors.
     code = (
         "import re, torch\n"
-        "from torch_hollow.bench import _Case\n"
-        "from torch_hollow.recipes import Spec\n"
+        "from torch_hollow.tools.bench import _Case\n"
+        "from torch_hollow.tools.recipes import Spec\n"
         "def kib(field):\n"
         "    with open('/proc/self/status') as f:\n"
         "        return int(re.search(field + r':\\s+(\\d+)', f.read()).group(1))\n"
@@ -244,7 +243,7 @@ def bench(
     """Time ``recipes`` against ``plain`` at each (n, batch) point and mode, side by side.
 
     Args:
-        recipes: names from `torch_hollow.recipes.RECIPES`; ``plain`` is always the reference.
+        recipes: names from `torch_hollow.tools.recipes.RECIPES`; ``plain`` is the reference.
         sizes: layer sizes n (an n x n weight).
         batches: batch sizes; the grid is ``sizes x batches`` unless ``points`` is given.
         points: explicit (n, batch) pairs.
@@ -434,7 +433,7 @@ def bench_models(
 ) -> list[ModelRow]:
     """Time whole training steps of real models, torch-hollow against what their users write.
 
-    For each model of `torch_hollow.model_recipes.MODELS` (``maf``, ``golem``,
+    For each model of `torch_hollow.tools.model_recipes.MODELS` (``maf``, ``golem``,
     ``notears-mlp``, ``mlp``), the peer and the torch-hollow build start from the same seed,
     data and Adam optimizer; both first take ``steps`` steps in lockstep (warm-up and
     compilation), after which the correctness columns are read: the largest |value| on the

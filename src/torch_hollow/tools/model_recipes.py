@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .constrain import convert, hollow_
-from .nn import HollowLinear
-from .patterns import BlockDiagonal, Diagonal, Mask
+from torch_hollow import HollowLinear, convert, hollow_, rules_of
+from torch_hollow.patterns import BlockDiagonal, Diagonal, Mask
+
 from .recipes import MaskedLinear
 
 Linear = Callable[[Tensor], nn.Module]  # allowed (out, in) -> a linear layer holding ~allowed
@@ -258,11 +258,11 @@ def held_entries(model: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
     """
     out = []
     for module in model.modules():
-        patterns = module.__dict__.get("_hollow_patterns") or {}
-        if patterns:
-            for name, pattern in patterns.items():
-                w = getattr(module, name)
-                out.append((w, w, pattern.held_mask(w.shape, w.device)))
+        rules = rules_of(module)
+        if rules:
+            for name, rule in rules.items():
+                w = module.get_parameter(name)
+                out.append((w, w, rule.pattern.held_mask(w.shape, w.device)))
         elif isinstance(module, MaskedLinear):
             out.append((module.inner.weight, _used_weight(module), module.mask == 0))
         elif isinstance(module, MaskedSEM):

@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
-from .constrain import hollow_
-from .nn import HollowLinear
-from .patterns import Diagonal, Mask, Pattern
+from torch_hollow import HollowLinear, hollow_
+from torch_hollow.patterns import Diagonal, Mask, Pattern
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import HollowLinear
+from torch_hollow import HollowLinear
 
 RECIPES = ("seed recipe", "gradient mask", "torch-hollow")
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {

@@ -1,0 +1,1 @@
+"""The torch-hollow command's tooling (demo, bench, its recipes); import torch_hollow skips it."""
