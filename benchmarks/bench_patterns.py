@@ -11,8 +11,9 @@ import platform
 import torch
 
 from torch_hollow.patterns import BlockDiagonal, Mask
-from torch_hollow.tools.bench import bench, format_rows, to_json
+from torch_hollow.tools.bench import bench, format_rows
 from torch_hollow.tools.recipes import Spec
+from torch_hollow.tools.report import to_json
 
 POINTS = [(256, 1), (1024, 8), (1024, 512)]
 

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from torch_hollow.tools.bench import _peak_step_bytes, _state_bytes, _state_dict_bytes
+from torch_hollow.tools.bench import peak_step_bytes, state_bytes, state_dict_bytes
 from torch_hollow.tools.recipes import RECIPES, Spec, stored_params
 
 COLUMNS = {"plain": "plain", "prune": "`prune.custom_from_mask`", "torch-hollow": "hollow `Mask`"}
@@ -36,10 +36,10 @@ def measure(n: int, sparsity: float, batch: int = 8) -> dict[str, dict]:
             opt.step()
         stored = stored_params(module).detach()
         out[recipe] = {
-            "tensors": _state_bytes(module),
-            "state_dict": _state_dict_bytes(module),
+            "tensors": state_bytes(module),
+            "state_dict": state_dict_bytes(module),
             "keys": ", ".join(f"`{k}`" for k in module.state_dict()),
-            "peak": _peak_step_bytes(recipe, spec, batch, False),
+            "peak": peak_step_bytes(recipe, spec, batch, False),
             "pruned_max": stored[held].abs().amax().item() if recipe != "plain" else None,
         }
     return out

@@ -10,7 +10,7 @@ import torch
 
 from torch_hollow import HollowError
 from torch_hollow.cli import main
-from torch_hollow.tools.bench import bench_models, format_model_rows
+from torch_hollow.tools.bench_models import bench_models, format_model_rows
 from torch_hollow.tools.model_recipes import MODELS, held_entries
 
 

@@ -63,7 +63,7 @@ def _run_bench(
 ) -> int:
     """Measure, plot, print ``header`` and the table, write JSON; 2 on a HollowError."""
     from .errors import HollowError
-    from .tools.bench import plot_rows, to_json
+    from .tools.report import plot_rows, to_json
 
     try:
         rows = measure()
@@ -91,7 +91,7 @@ def _where(device: str) -> str:
 def _bench_models(args: argparse.Namespace) -> int:
     import torch
 
-    from .tools.bench import bench_models, format_model_rows
+    from .tools.bench_models import bench_models, format_model_rows
 
     return _run_bench(
         args,
