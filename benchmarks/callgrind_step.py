@@ -2,10 +2,10 @@
 
 Instruction counts are deterministic, so unlike a timing they can be compared across commits
 on a loaded machine. One run counts ``--steps`` SGD steps of one ``(n, n)`` layer at batch 1
-(forward, backward, ``opt.step()``, ``zero_grad``) inside one ``functools.reduce`` call, so that callgrind's
-``--toggle-collect=functools_reduce`` counts the steps alone; the warm-up steps before it run in
-a plain loop and are not counted. ``benchmarks/callgrind.sh`` runs both layers and prints the
-instructions per step.
+(forward, backward, ``opt.step()``, ``zero_grad``) inside one ``functools.reduce`` call, so
+that callgrind's ``--toggle-collect=functools_reduce`` counts the steps alone; the warm-up
+steps before it run in a plain loop and are not counted. ``benchmarks/callgrind.sh`` runs both
+layers and prints the instructions per step.
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ def _weight(module: nn.Module) -> torch.Tensor:
 def _held(module: nn.Module) -> torch.Tensor:
     if hasattr(module, "weight_mask"):
         return module.weight_mask == 0
-    pattern = module.__dict__.get("_hollow_patterns", {}).get("weight")
-    return torch.zeros_like(module.weight, dtype=torch.bool) if pattern is None else pattern.held
+    rule = th.rules_of(module).get("weight")
+    return torch.zeros_like(module.weight, dtype=torch.bool) if rule is None else rule.pattern.held
 
 
 def tensor_bytes(model: nn.Module) -> int:
@@ -85,8 +85,8 @@ def tensor_bytes(model: nn.Module) -> int:
     for module in model.modules():
         tensors = [*module._parameters.values(), *module._buffers.values()]
         tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
-        for pattern in (module.__dict__.get("_hollow_patterns") or {}).values():
-            tensors += pattern.tensors()
+        for rule in th.rules_of(module).values():
+            tensors += rule.pattern.tensors()
         for t in tensors:
             if t is not None:
                 storage = t.untyped_storage()

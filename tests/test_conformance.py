@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from _reference_patterns import PATTERNS
-from conftest import assert_bitwise_zero
+from conftest import assert_bitwise_zero, diag_mask
 from torch import Tensor, nn
 from torch.autograd.gradcheck import GradcheckError
 from torch.testing._internal.common_modules import module_db
@@ -194,10 +194,14 @@ def test_undefined_gradient_through_the_eager_hook(pattern_name, device):
     assert _gradcheck_all(layer, (x,))
 
 
-def test_undefined_gradient_through_a_dtensor_hook():
+def test_the_sharded_gradient_hook_masks_a_gradient_and_leaves_an_undefined_one():
     from torch_hollow import shards
 
-    shards.zero_transposed_grad_(Diagonal(0), None)  # the hook autograd calls with None
+    grad_t = torch.ones(3, 5)  # the gradient of weight.t() for a 5x3 weight
+    assert shards.mask_transposed_grad_(Diagonal(1), grad_t) is None  # a hook returns None
+    assert_bitwise_zero(grad_t.mT, diag_mask(5, 3, 1))
+    assert grad_t.sum() == 15 - 2
+    assert shards.mask_transposed_grad_(Diagonal(0), None) is None  # autograd's undefined grad
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])

@@ -35,7 +35,7 @@ def test_hollow_keeps_identity_parameters_and_keys(device):
 def test_hollow_is_idempotent_and_refuses_a_second_pattern():
     layer = hollow_(nn.Linear(3, 3))
     assert hollow_(layer) is layer
-    with pytest.raises(HollowError, match=r"already hollow.*Fix: call remove\(\) first"):
+    with pytest.raises(HollowError, match=r"already held by Zeros.*Fix: call remove\(\) first"):
         hollow_(layer, offset=1)
 
 

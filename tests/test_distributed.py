@@ -181,8 +181,20 @@ def _partial_case(rank, world, device):
     module = nn.Module()
     local = torch.ones(3, 3, device=device)
     module.w = nn.Parameter(DTensor.from_local(local, mesh, [Partial()]))
-    with pytest.raises(th.HollowError, match="holds partial sums"):
+    with pytest.raises(
+        th.HollowError, match=r"'Module\.w' \(shape \(3, 3\)\).*holds partial sums"
+    ):
         th.hollow_(module, "w")
+    assert not th.is_hollow(module) and not module._forward_pre_hooks  # nothing changed
+    # stepped after the layout changed under a held parameter: refused by the guard, located
+    held = th.hollow_(nn.Linear(3, 3, device=device), "weight")
+    held.weight = nn.Parameter(
+        DTensor.from_local(torch.ones(3, 3, device=device), mesh, [Partial()])
+    )
+    with pytest.raises(
+        th.HollowError, match=r"'HollowLinear\.weight' \(shape \(3, 3\)\).*partial sums"
+    ):
+        th.guard.enforce(held)
 
 
 def test_partial_placement_is_refused(device):

@@ -13,7 +13,7 @@ from _optim import MATRIX_OPTIMIZERS, make_matrix_optimizer
 from conftest import assert_bitwise_zero, diag_mask
 from torch import nn
 
-from torch_hollow import HollowError, HollowWarning, hollow_, is_hollow, remove
+from torch_hollow import HollowError, HollowWarning, hollow_, is_hollow, remove, rules_of
 from torch_hollow.patterns import Diagonal, StackedDiagonal
 
 
@@ -49,7 +49,7 @@ def test_recurrent_weight_hh_holds_each_gate_diagonal(kind, opt_name, device):
     assert hollow_(rnn, name) is rnn and is_hollow(rnn)
     assert getattr(rnn, name) is weight
     expected = StackedDiagonal(gates) if gates > 1 else Diagonal(0)
-    assert rnn._hollow_patterns[name] == expected
+    assert rules_of(rnn)[name].pattern == expected
     mask = gate_mask(gates, 5, 5).to(device)
     assert_bitwise_zero(weight, mask)
     opt = make_matrix_optimizer(opt_name, [weight], lr=0.05)
@@ -72,7 +72,7 @@ def test_recurrent_weight_hh_holds_each_gate_diagonal(kind, opt_name, device):
 def test_lstm_cell_and_gru_cell_defaults():
     for cell, gates in ((nn.LSTMCell(2, 3), 4), (nn.GRUCell(2, 3), 3)):
         hollow_(cell, "weight_hh")
-        assert cell._hollow_patterns["weight_hh"] == StackedDiagonal(gates)
+        assert rules_of(cell)["weight_hh"].pattern == StackedDiagonal(gates)
         assert_bitwise_zero(cell.weight_hh, gate_mask(gates, 3, 3))
 
 
@@ -81,7 +81,7 @@ def test_multihead_attention_in_proj_and_out_proj():
     mha = nn.MultiheadAttention(4, 2)
     hollow_(mha, "in_proj_weight")
     hollow_(mha, "out_proj.weight")  # read by MHA's forward, not by out_proj's
-    assert mha._hollow_patterns["in_proj_weight"] == StackedDiagonal(3)
+    assert rules_of(mha)["in_proj_weight"].pattern == StackedDiagonal(3)
     q_mask, o_mask = gate_mask(3, 4, 4), diag_mask(4, 4)
     opt = torch.optim.AdamW(mha.parameters(), lr=0.1, fused=True)
     x = torch.randn(3, 2, 4)
@@ -177,7 +177,7 @@ def test_remove_one_of_two_names():
     hollow_(mha, "in_proj_weight")
     hollow_(mha, "out_proj.weight")
     remove(mha, "in_proj_weight")
-    assert list(mha._hollow_patterns) == ["out_proj.weight"]
+    assert list(rules_of(mha)) == ["out_proj.weight"]
     with pytest.raises(HollowError, match="is not hollow"):
         remove(mha, "in_proj_weight")
 

@@ -6,6 +6,8 @@ step that the stored held entries are +0.0 and that the gradients clipping sees 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,11 +160,37 @@ def test_peft_lora_effective_weight_is_hollow_and_merges_hollow():
     torch.testing.assert_close(merged(x), out)
 
 
-def test_peft_plain_lora_on_a_hollow_layer_is_refused_at_forward():
+def test_peft_plain_lora_on_a_hollow_layer_is_refused_when_built():
     peft = pytest.importorskip("peft")
-    adapted = peft.get_peft_model(_model(), peft.LoraConfig(target_modules=["0"], r=2))
-    with pytest.raises(th.HollowError, match=r"torch_hollow\.peft\.lora_config"):
-        adapted(torch.randn(2, 8))
+    with pytest.raises(
+        th.HollowError, match=r"peft\.tuners\.lora.*torch_hollow\.peft\.lora_config"
+    ):
+        peft.get_peft_model(_model(), peft.LoraConfig(target_modules=["0"], r=2))
+
+
+def test_peft_wrapping_seen_before_hollow_is_refused_by_hollow():
+    peft = pytest.importorskip("peft")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    adapted = peft.get_peft_model(model, peft.LoraConfig(target_modules=["0"], r=2))
+    base = adapted.base_model.model[0].base_layer
+    weight = base.weight.detach().clone()
+    with pytest.raises(th.HollowError, match=r"'Linear\.weight'.*peft's.*Fix: hold the layer"):
+        th.hollow_(base)
+    assert not th.is_hollow(base) and torch.equal(base.weight, weight)  # nothing changed
+    with pytest.raises(th.HollowError, match=r"peft's"):
+        th.convert(adapted)
+
+
+def test_a_hollow_forward_reads_no_caller_frames(monkeypatch):
+    # peft is recognised where it wraps the layer, not by reading the stack at each forward
+    pytest.importorskip("peft")
+    layer = th.HollowLinear(4, 4)
+
+    def refuse(*args):
+        raise AssertionError("sys._getframe called by a forward")
+
+    monkeypatch.setattr(sys, "_getframe", refuse)
+    layer(torch.randn(2, 4))
 
 
 def test_peft_dora_on_a_hollow_layer_is_refused():

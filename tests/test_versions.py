@@ -9,7 +9,7 @@ from conftest import assert_bitwise_zero, diag_mask
 from torch import nn
 
 from torch_hollow import HollowLinear
-from torch_hollow.functional import _exporting, graph_writes_allowed
+from torch_hollow._routing import _exporting, graph_writes_allowed
 
 
 class _Writes(nn.Module):

@@ -1,12 +1,12 @@
-"""NumPy arrays over the memory of CPU tensors, for the writes paid at every eager step.
+"""NumPy aliases of CPU tensors' memory, for the writes paid at every eager step.
 
-A NumPy call costs a fraction of a torch op from Python (~0.3 us against ~1.5 us here), and the
-guard writes the held entries of every stored weight at each eager forward and optimizer step.
+A NumPy call costs a fraction of a torch op from Python (docs/benchmarks.md has the numbers), and
+the guard writes the held entries of every stored weight at each eager forward and optimizer step.
 """
 
 from __future__ import annotations
 
-__all__ = ["window"]
+__all__ = ["numpy_alias"]
 
 from typing import Any
 
@@ -25,7 +25,7 @@ _KINDS = {
 }
 
 
-def window(t: Tensor) -> Any | None:
+def numpy_alias(t: Tensor) -> Any | None:
     """A NumPy array over ``t``'s memory (same shape and strides), or None.
 
     None when ``t`` is not a plain CPU tensor, has a dtype NumPy lacks (bfloat16), or NumPy is
@@ -41,10 +41,10 @@ def window(t: Tensor) -> Any | None:
         import numpy
     except ImportError:
         return None
-    return numpy.asarray(_Window(t, numpy.dtype(kind).str))  # native byte order, as torch's
+    return numpy.asarray(_Alias(t, numpy.dtype(kind).str))  # native byte order, as torch's
 
 
-class _Window:
+class _Alias:
     def __init__(self, t: Tensor, typestr: str) -> None:
         self.tensor = t
         size = t.element_size()

@@ -16,10 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import guard, patterns, shards
+from . import _hooks, patterns, shards
+from ._compat import GUARD_NAMES
+from ._state import Held, state_of
 from .errors import HollowError
 from .nn import HollowLinear
 from .patterns import Diagonal, Pattern, from_spec
+from .rules import Zeros
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,10 @@ def audit(
     if isinstance(obj, nn.Module):
         tensors = dict(obj.named_parameters())
         patterns = {
-            f"{prefix}.{name}" if prefix else name: pattern
+            f"{prefix}.{name}" if prefix else name: rule.pattern
             for prefix, module in obj.named_modules()
-            for name, pattern in (module.__dict__.get("_hollow_patterns") or {}).items()
+            for name, rule in _rules(module).items()
+            if isinstance(rule, Zeros)
         }
     elif isinstance(obj, Mapping):
         state = _state_dict_in(obj)
@@ -98,9 +102,14 @@ def audit(
     ]
 
 
+def _rules(module: nn.Module) -> dict:
+    held = state_of(module)
+    return {} if held is None else held.rules
+
+
 def _row(name: str, t: Tensor, pattern: Pattern | None) -> AuditRow:
     shape = tuple(t.shape)
-    t = shards.read(t.detach())  # a DTensor's global values (a collective: audit's contract)
+    t = shards.gather(t.detach())  # a DTensor's global values (a collective: audit's contract)
     if pattern is None:
         if shape[-1] != shape[-2]:
             return AuditRow(name, shape, None, None, False)
@@ -162,19 +171,25 @@ def _model_globals(path: Path) -> list[object]:
         nn_class = isinstance(obj, type) and issubclass(obj, (nn.Module, _WrappedHook))
         if not (nn_class or name in _HOLLOW):
             raise _untrusted(path, repr(name))
-        found.append(obj if nn_class else _HOLLOW[name])
+        found.append(obj if nn_class else (_HOLLOW[name], name))  # 0.1.0 names: aliases
     return found
 
 
 _TORCH_NN = re.compile(r"torch\.nn(\.\w+)*$")
 _WrappedHook = getattr(torch.nn.modules.module, "_WrappedHook", nn.Module)
 _HOLLOW = {
-    f"{obj.__module__}.{obj.__qualname__}": obj
-    for obj in (
-        HollowLinear,
-        *(getattr(patterns, name) for name in patterns.__all__ if name != "from_spec"),
-        *(getattr(guard, name) for name in guard.HOOKS),
-    )
+    **{
+        f"{obj.__module__}.{obj.__qualname__}": obj
+        for obj in (
+            HollowLinear,
+            Held,
+            Zeros,
+            *(getattr(patterns, name) for name in patterns.__all__ if name != "from_spec"),
+            *(getattr(_hooks, name) for name in _hooks.HOOKS),
+        )
+    },
+    # what files saved by torch-hollow 0.1.0 name
+    **{f"torch_hollow.guard.{name}": resolve() for name, resolve in GUARD_NAMES.items()},
 }
 
 

@@ -1,4 +1,11 @@
-"""Constrain existing modules in place: hollow_, convert, remove, is_hollow."""
+"""The verbs that hold entries of existing modules in place: hollow_, convert, remove.
+
+Each verb is a line or two over `hold_`, which finds the parameter, checks everything, and only
+then changes the module: an ``nn.Linear``'s weight by switching its class to `HollowLinear`
+(whose forward routes through torch-hollow), any other parameter with hooks
+(`torch_hollow._hooks`). A refusal changes nothing and names the module, the parameter, its
+shape and the fix.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,11 @@ from collections.abc import Callable
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import guard
-from .errors import HollowError, refuse
-from .functional import check_weight, resolve_pattern
+from . import _hooks, guard, shards
+from ._adapters import wrapper_of
+from ._checks import check_tensor, resolve_pattern
+from ._state import KEY, Held, parameter, state_of
+from .errors import Cause, HollowError, at
 from .nn import HollowLinear
 from .patterns import Diagonal, Pattern, StackedDiagonal
 from .rules import Rule, Zeros
@@ -64,9 +73,12 @@ def hollow_(
         >>> lstm.weight_hh_l0.unflatten(0, (4, 3)).diagonal(0, -2, -1).abs().sum().item()
         0.0
     """
-    if pattern is None and not isinstance(offset, bool) and offset == 0:
-        pattern = _default_pattern(module, name)
-    return _hollow(module, name, resolve_pattern(offset, pattern), type(module).__name__)
+    path = type(module).__name__
+    with at(path, name):
+        if pattern is None and not isinstance(offset, bool) and offset == 0:
+            pattern = _default_pattern(module, name)
+        rule = Zeros(resolve_pattern(offset, pattern))
+    return hold_(module, name, rule, path)
 
 
 def convert(
@@ -102,7 +114,8 @@ def convert(
         >>> [is_hollow(m) for m in convert(model)]
         [True, False]
     """
-    pattern = resolve_pattern(offset, pattern)
+    with at(type(model).__name__, "weight"):
+        rule = Zeros(resolve_pattern(offset, pattern))
     for qualified, module in list(model.named_modules()):
         if where is None:
             linear = type(module) is nn.Linear or (
@@ -112,7 +125,7 @@ def convert(
         else:
             chosen = bool(where(qualified, module))
         if chosen and not is_hollow(module):
-            _hollow(module, "weight", pattern, qualified or type(module).__name__)
+            hold_(module, "weight", rule, qualified or type(module).__name__)
     return model
 
 
@@ -138,26 +151,26 @@ def remove(module: nn.Module, name: str | None = None) -> nn.Module:
         >>> type(remove(HollowLinear(2, 2))).__name__
         'Linear'
     """
-    if not is_hollow(module) or (name is not None and name not in module._hollow_patterns):
+    held = state_of(module) if isinstance(module, nn.Module) else None
+    if held is None or not held.rules or (name is not None and name not in held.rules):
         raise HollowError(
-            f"torch_hollow: {type(module).__name__} is not hollow. "
+            f"torch_hollow: {type(module).__name__}"
+            f"{'' if name is None else '.' + name} is not hollow. "
             "Fix: call remove() only on a module made by HollowLinear/hollow_."
         )
-    if not isinstance(module, HollowLinear):
-        guard.zero_stored_(module)
-        for held in [name] if name is not None else list(module._hollow_patterns):
-            guard.detach(module, held)
-        return module
-    if type(module) is not HollowLinear:
+    if isinstance(module, HollowLinear) and type(module) is not HollowLinear:
         raise HollowError(
             f"torch_hollow: {type(module).__name__} subclasses HollowLinear; "
             "remove() only turns a HollowLinear back into nn.Linear. Fix: build "
             "the plain layer you want and load its state_dict."
         )
-    guard.zero_stored_(module)
+    guard.enforce(module)
+    if not isinstance(module, HollowLinear):
+        for held_name in [name] if name is not None else list(held.rules):
+            _hooks.detach(module, held_name)
+        return module
     guard.unregister(module)
-    for attr in ("_hollow_patterns", "_hollow_cache", "_hollow_own"):
-        module.__dict__.pop(attr, None)
+    del module.__dict__[KEY]
     module.__class__ = nn.Linear
     return module
 
@@ -171,7 +184,8 @@ def is_hollow(module: nn.Module) -> bool:
         >>> is_hollow(HollowLinear(2, 2)), is_hollow(torch.nn.Linear(2, 2))
         (True, False)
     """
-    return bool(module.__dict__.get("_hollow_patterns"))
+    held = state_of(module)
+    return held is not None and bool(held.rules)
 
 
 def rules_of(module: nn.Module) -> dict[str, Rule]:
@@ -184,7 +198,8 @@ def rules_of(module: nn.Module) -> dict[str, Rule]:
         >>> rules_of(HollowLinear(2, 2))
         {'weight': Zeros(pattern=Diagonal(offset=0))}
     """
-    return {n: Zeros(p) for n, p in (module.__dict__.get("_hollow_patterns") or {}).items()}
+    held = state_of(module)
+    return {} if held is None else dict(held.rules)
 
 
 _STACKED = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}
@@ -197,18 +212,36 @@ def _default_pattern(module: nn.Module, name: str) -> Pattern:
     return StackedDiagonal(blocks) if blocks > 1 else Diagonal(0)
 
 
-def _hollow(module: nn.Module, name: str, pattern: Pattern, path: str) -> nn.Module:
+def hold_(module: nn.Module, name: str, rule: Rule, path: str) -> nn.Module:
+    """Hold ``module.<name>`` to ``rule``: find, check, then act; ``path`` names the module.
+
+    The one helper under every verb. Holding a parameter again with an equal rule changes
+    nothing; with another rule it is refused.
+    """
     if not isinstance(module, nn.Module):
         raise HollowError(
             f"torch_hollow: expected an nn.Module, got {type(module).__name__}. "
             "Fix: pass the layer itself, e.g. model.fc."
         )
-    param = guard.parameter(module, name)
+    with at(path, name):
+        param = _find(module, name)
+    with at(path, name, param.shape):
+        if _check(module, name, param, rule):
+            return module
+    if type(module) is nn.Linear and name == "weight":
+        module.__dict__[KEY] = Held({name: rule})
+        module.__class__ = HollowLinear
+        guard.register(module)
+        guard.enforce(module)
+    else:
+        _hooks.attach(module, name, rule)
+    return module
+
+
+def _find(module: nn.Module, name: str) -> nn.Parameter:
+    param = parameter(module, name)
     if param is None and parametrize.is_parametrized(module, name):
-        raise refuse(
-            path,
-            name,
-            None,
+        raise Cause(
             f"is parametrized ({type(module).__name__}); torch-hollow holds a stored Parameter, "
             "not a computed weight",
             "make the layer hollow first and register the parametrization after it (a "
@@ -217,38 +250,34 @@ def _hollow(module: nn.Module, name: str, pattern: Pattern, path: str) -> nn.Mod
         )
     if param is None:
         have = ", ".join(n for n, _ in module.named_parameters()) or "none"
-        raise refuse(
-            path,
-            name,
-            None,
+        raise Cause(
             f"{type(module).__name__} has no parameter {name!r} (its parameters: {have})",
             "name one of its parameters",
         )
-    check_weight(path, name, param, pattern)
-    held = module.__dict__.get("_hollow_patterns") or {}
-    if name in held:
-        if held[name] == pattern:
-            return module
-        raise refuse(
-            path,
-            name,
-            param.shape,
-            f"is already hollow with {held[name]!r}",
-            "call remove() first to change the pattern",
+    return param
+
+
+def _check(module: nn.Module, name: str, param: nn.Parameter, rule: Rule) -> bool:
+    # Raises a Cause if ``rule`` cannot hold here; True if it already does.
+    check_tensor(param, rule)
+    shards.check(param)
+    held = state_of(module)
+    current = None if held is None else held.rules.get(name)
+    if current is not None:
+        if current == rule:
+            return True
+        raise Cause(f"is already held by {current!r}", "call remove() first to change the rule")
+    wrapper = wrapper_of(module)
+    if wrapper is not None:
+        raise Cause(
+            f"peft's {wrapper} wraps this module and adds a low-rank delta that would fill "
+            "its held entries",
+            "hold the layer before get_peft_model, with torch_hollow.peft.lora_config(...) "
+            "as the adapter config",
         )
-    if type(module) is nn.Linear and name == "weight":
-        module.__dict__["_hollow_patterns"] = {name: pattern}
-        module.__class__ = HollowLinear
-        guard.register(module)
-        guard.zero_stored_(module)
-    elif isinstance(module, HollowLinear):
-        raise refuse(
-            path,
-            name,
-            param.shape,
+    if isinstance(module, HollowLinear):
+        raise Cause(
             "HollowLinear holds only its weight",
             "hold the weight, or wrap this layer in a module and hollow_ that",
         )
-    else:
-        guard.attach(module, name, pattern)
-    return module
+    return False

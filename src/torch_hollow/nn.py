@@ -4,25 +4,18 @@ from __future__ import annotations
 
 __all__ = ["HollowLinear"]
 
-import sys
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import guard
-from ._adapters import check_caller
-from .errors import script_refusal
-from .functional import (
-    check_weight,
-    eager_linear,
-    elsewhere,
-    graph_writes_allowed,
-    masked_linear,
-    resolve_pattern,
-    stored_linear,
-)
+from . import _routing, guard
+from ._checks import check_tensor, resolve_pattern
+from ._compat import migrate
+from ._state import KEY, Held
+from .errors import at, script_refusal
 from .patterns import Diagonal, Pattern
+from .rules import Zeros
 
 
 class HollowLinear(nn.Linear):
@@ -58,8 +51,7 @@ class HollowLinear(nn.Linear):
         tensor([0., 0., 0., 0.], grad_fn=<DiagonalBackward0>)
     """
 
-    _hollow_patterns: dict[str, Pattern]
-    _hollow_own: dict[str, Any]  # set by guard.register: weak references to its own Parameters
+    _hollow: Held
 
     def __init__(
         self,
@@ -72,23 +64,19 @@ class HollowLinear(nn.Linear):
         offset: int = 0,
         pattern: Pattern | None = None,
     ) -> None:
-        pattern = resolve_pattern(offset, pattern)
-        check_weight(
-            type(self).__name__,
-            "weight",
-            torch.empty(out_features, in_features, device="meta"),
-            pattern,
-            max_dim=2,
-        )
+        shape = (out_features, in_features)
+        with at(type(self).__name__, "weight", shape):
+            rule = Zeros(resolve_pattern(offset, pattern))
+            check_tensor(torch.empty(shape, device="meta"), rule, max_dim=2)
         # Set before nn.Linear.__init__, whose reset_parameters() already needs it.
-        self._hollow_patterns = {"weight": pattern}
+        self._hollow = Held({"weight": rule})
         super().__init__(in_features, out_features, bias, device, dtype)
         guard.register(self)
 
     @property
     def pattern(self) -> Pattern:
         """The held entries of ``weight``."""
-        return self._hollow_patterns["weight"]
+        return self._hollow.rules["weight"].pattern
 
     @property
     def offset(self) -> int:
@@ -99,31 +87,15 @@ class HollowLinear(nn.Linear):
         return pattern.offset
 
     def forward(self, input: Tensor) -> Tensor:
-        pattern = self._hollow_patterns["weight"]
-        weight, bias = self.weight, self.bias
-        if torch.compiler.is_compiling():
-            if not isinstance(weight, nn.Parameter):  # functional_call: the caller's tensor
-                return masked_linear(input, weight, bias, pattern)
-            if graph_writes_allowed():  # in a compiled graph: a functional mutation
-                guard.zero_traced_(self)
-            return stored_linear(input, weight, bias, pattern)
-        if "peft" in sys.modules:
-            check_caller(self)
-        own = self._hollow_own.get("weight")  # the hot path: our own Parameter, plain eager
-        if (own is None or own() is not weight) and not guard.owns(self, "weight", weight):
-            return masked_linear(input, weight, bias, pattern)  # the caller's tensor
-        if elsewhere():
-            return masked_linear(input, weight, bias, pattern)
-        guard.zero_own_(self, "weight", weight)  # a raw write (nn.init, .data) since the last step
-        return eager_linear(input, weight, bias, pattern)
+        return _routing.linear(self, self._hollow, input)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        guard.zero_stored_(self)
+        guard.enforce(self)
 
     def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
         super().register_parameter(name, param)
-        if name == "weight" and "_hollow_own" in self.__dict__:
+        if name == "weight" and KEY in self.__dict__:
             guard.adopt(self)  # ``layer.weight = nn.Parameter(...)``: the new one is its own
 
     def _apply(self, fn: Any, recurse: bool = True) -> HollowLinear:
@@ -135,9 +107,9 @@ class HollowLinear(nn.Linear):
         raise script_refusal(type(self).__name__, ["weight"])
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        guard.zero_stored_(self)
+        guard.enforce(self)
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        guard.record_patterns(self, destination, prefix)
+        guard.record(self, destination, prefix)
 
     def _load_from_state_dict(
         self,
@@ -149,29 +121,32 @@ class HollowLinear(nn.Linear):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        rules = self._hollow.rules
         dropped = {
-            name: guard.dropped(pattern, state_dict.get(prefix + name))
-            for name, pattern in self._hollow_patterns.items()
+            name: guard.dropped(rule, state_dict.get(prefix + name))
+            for name, rule in rules.items()
         }
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         guard.register(self)  # assign=True may have brought new Parameter objects
-        guard.zero_stored_(self)
+        guard.enforce(self)
         for name, (count, largest) in dropped.items():
             if count:
-                guard.warn_dropped(prefix + name, self._hollow_patterns[name], count, largest)
+                guard.warn_dropped(prefix + name, rules[name], count, largest)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern!r}"
 
     def __getstate__(self) -> dict[str, Any]:
-        # deepcopy, pickle and torch.save(model) copy zeros, even right after a raw write
-        if guard.owns(self, "weight", self._parameters.get("weight")):
-            guard.zero_stored_(self)
-        state = super().__getstate__()
-        return {k: v for k, v in state.items() if k != "_hollow_cache"}
+        # deepcopy, pickle and torch.save(model) copy what the rules hold, even right after a
+        # raw write
+        if guard.owns(self, self._hollow, "weight", self._parameters.get("weight")):
+            guard.enforce(self)
+        return super().__getstate__()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if KEY not in self.__dict__:  # pickled by torch-hollow 0.1.0
+            migrate(self)
         guard.register(self)  # deepcopy and unpickling skip __init__

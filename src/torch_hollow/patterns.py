@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from ._numpy import window
+from ._numpy import numpy_alias
 from .errors import HollowError
 
 
@@ -88,10 +88,21 @@ class Pattern:
         views = self.views(t)
         if views is None:
             return None
-        arrays = [window(v) for v in views if v.numel()]
+        arrays = [numpy_alias(v) for v in views if v.numel()]
         if any(a is None for a in arrays):
             return None
         return [functools.partial(a.fill, 0) for a in arrays]
+
+    def restrict(
+        self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]
+    ) -> Pattern:
+        """The pattern on the block of a ``shape`` tensor at ``offset`` of size ``local``.
+
+        What one rank's shard of a sharded parameter holds (`torch_hollow.shards`).
+        """
+        held = self.held_mask(shape)
+        block = held[tuple(slice(o, o + n) for o, n in zip(offset, local, strict=True))]
+        return Mask(~block)
 
     def spec(self) -> dict[str, Any]:
         """Plain data describing the pattern (saved in state-dict metadata); see `from_spec`."""
@@ -158,6 +169,12 @@ class Diagonal(Pattern):
 
     def views(self, t: Tensor) -> list[Tensor]:
         return [t.diagonal(self.offset, -2, -1)]
+
+    def restrict(
+        self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]
+    ) -> Diagonal:
+        # Entry (i, i + k) of the whole is (i - r0, i + k - c0) of the block at (r0, c0).
+        return Diagonal(self.offset + offset[-2] - offset[-1])
 
     def zero_transposed_grad_(self, grad_t: Tensor | None) -> None:
         if grad_t is not None:  # None: an undefined gradient
@@ -365,16 +382,16 @@ class Mask(Pattern):
 
     def cpu_writers(self, t: Tensor) -> list[Callable[[], object]] | None:
         if self._indexed(t):
-            flat = window(t.view(-1, self.held.numel()))
+            flat = numpy_alias(t.view(-1, self.held.numel()))
             if flat is None:
                 return None
             index = self._on_device("index", t.device).numpy()
             return [functools.partial(flat.__setitem__, (slice(None), index), 0)]
         bits = _bits(t)
-        ints = None if bits is None else window(t.view(bits))
+        ints = None if bits is None else numpy_alias(t.view(bits))
         if ints is None:
             return None
-        import numpy  # window() found it
+        import numpy  # numpy_alias() found it
 
         keep = self._on_device(bits, t.device).numpy()
         return [functools.partial(numpy.bitwise_and, ints, keep, out=ints)]

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from .constrain import hollow_, remove
-from .errors import HollowError, refuse
+from .constrain import hollow_, remove, rules_of
+from .errors import HollowError, located
 from .patterns import Mask
 
 
@@ -64,7 +64,7 @@ def from_prune(model: nn.Module) -> nn.Module:
                 name = hook._tensor_name
                 allowed = getattr(module, name + "_mask") != 0
                 if allowed.dim() < 2:
-                    raise refuse(
+                    raise located(
                         path or type(module).__name__,
                         name,
                         allowed.shape,
@@ -76,9 +76,9 @@ def from_prune(model: nn.Module) -> nn.Module:
                 found.append((module, name, allowed))
     for module, name, allowed in found:
         prune.remove(module, name)
-        held = (module.__dict__.get("_hollow_patterns") or {}).get(name)
+        held = rules_of(module).get(name)
         if held is not None:  # pruned again after an earlier from_prune: hold both
-            allowed = allowed & ~held.held_mask(allowed.shape, allowed.device)
+            allowed = allowed & ~held.pattern.held_mask(allowed.shape, allowed.device)
             remove(module, name)
         hollow_(module, name, pattern=Mask(allowed))
     return model
@@ -123,7 +123,7 @@ def hollow_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
             )
         pattern = Mask(torch.as_tensor(allowed))
         if pattern.held.shape != params[qualified].shape:
-            raise refuse(
+            raise located(
                 "",
                 qualified,
                 params[qualified].shape,
