@@ -1,4 +1,4 @@
-"""audit(): which parameters of a model or checkpoint hold a pattern, and whether it holds."""
+"""audit(): which parameters of a model or checkpoint hold a rule, and whether it holds."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from ._compat import GUARD_NAMES
 from ._state import Held, state_of
 from .errors import HollowError
 from .nn import HollowLinear
-from .patterns import Diagonal, Pattern, from_spec
-from .rules import Zeros
+from .patterns import Diagonal, from_spec
+from .rules import Rule, Zeros
 
 
 @dataclass(frozen=True)
@@ -80,23 +80,22 @@ def audit(
         obj = _load(Path(obj), trust_pickle)
     if isinstance(obj, nn.Module):
         tensors = dict(obj.named_parameters())
-        patterns = {
-            f"{prefix}.{name}" if prefix else name: rule.pattern
+        rules = {
+            f"{prefix}.{name}" if prefix else name: rule
             for prefix, module in obj.named_modules()
             for name, rule in _rules(module).items()
-            if isinstance(rule, Zeros)
         }
     elif isinstance(obj, Mapping):
         state = _state_dict_in(obj)
         tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
-        patterns = _patterns_in_metadata(state)
+        rules = _rules_in_metadata(state)
     else:
         raise HollowError(
             f"torch_hollow: audit() takes a module, a state dict or a path, got "
             f"{type(obj).__name__}. Fix: pass model, model.state_dict() or a file."
         )
     return [
-        _row(name, t, patterns.get(name))
+        _row(name, t, rules.get(name))
         for name, t in tensors.items()
         if t.dim() >= 2 and t.is_floating_point()
     ]
@@ -107,16 +106,16 @@ def _rules(module: nn.Module) -> dict:
     return {} if held is None else held.rules
 
 
-def _row(name: str, t: Tensor, pattern: Pattern | None) -> AuditRow:
+def _row(name: str, t: Tensor, rule: Rule | None) -> AuditRow:
     shape = tuple(t.shape)
     t = shards.gather(t.detach())  # a DTensor's global values (a collective: audit's contract)
-    if pattern is None:
+    if rule is None:
         if shape[-1] != shape[-2]:
             return AuditRow(name, shape, None, None, False)
         return AuditRow(name, shape, None, Diagonal(0).max_abs(t), False)
-    count = pattern.count_nonzero(t)
-    held = int(pattern.held_mask(shape, t.device).sum())
-    return AuditRow(name, shape, repr(pattern), pattern.max_abs(t), count > 0, held / t.numel())
+    count, largest = rule.violations(t)
+    held = int(rule.pattern.held_mask(shape, t.device).sum())
+    return AuditRow(name, shape, repr(rule.pattern), largest, count > 0, held / t.numel())
 
 
 def _state_dict_in(obj: Mapping[str, object]) -> Mapping[str, object]:
@@ -128,11 +127,11 @@ def _state_dict_in(obj: Mapping[str, object]) -> Mapping[str, object]:
     return obj
 
 
-def _patterns_in_metadata(state: Mapping[str, object]) -> dict[str, Pattern]:
+def _rules_in_metadata(state: Mapping[str, object]) -> dict[str, Rule]:
     found = {}
     for prefix, local in (getattr(state, "_metadata", None) or {}).items():
         for name, spec in (local.get("hollow") or {}).items():
-            found[f"{prefix}.{name}" if prefix else name] = from_spec(spec)
+            found[f"{prefix}.{name}" if prefix else name] = Zeros(from_spec(spec))
     return found
 
 

@@ -232,16 +232,8 @@ def dropped(rule: Rule, incoming: object) -> tuple[int, float]:
 
 
 def warn_dropped(key: str, rule: Rule, count: int, largest: float) -> None:
-    """Say that a load set ``count`` values of ``key`` to what ``rule`` holds."""
-    warnings.warn(
-        HollowWarning(
-            f"torch_hollow: loading {key!r} set {count} non-zero value(s) on its held entries "
-            f"({rule.pattern!r}) to 0.0; largest |value| dropped: {largest:.6g}. The parameter "
-            "is hollow, so these entries cannot hold values; remove() the constraint first to "
-            "keep them."
-        ),
-        stacklevel=4,
-    )
+    """Say that a load changed ``count`` values of ``key`` to what ``rule`` holds."""
+    warnings.warn(HollowWarning(rule.load_warning(key, count, largest)), stacklevel=4)
 
 
 def record(module: nn.Module, state_dict: Any, prefix: str) -> None:

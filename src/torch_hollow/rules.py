@@ -17,6 +17,7 @@ question               asked by
                        (``functional_call``, ``torch.func``, tracing): a copy
 `grad_pattern`         the forward's gradient hook: entries whose gradient is 0.0
 `violations`           ``load_state_dict``: what a checkpoint had that the rule drops
+`load_warning`         ``load_state_dict``: how to tell the user about it
 `restrict`             DTensor shards: the rule on one rank's local shard
 `record`               ``state_dict``: what to write into the checkpoint's metadata
 =====================  ==============================================================
@@ -89,6 +90,14 @@ class Rule:
         """How many entries of ``t`` break the rule, and the largest change enforcing makes."""
         raise NotImplementedError
 
+    def load_warning(self, key: str, count: int, largest: float) -> str:
+        """The `HollowWarning` text for a load of ``key`` that broke the rule ``count`` times."""
+        return (
+            f"torch_hollow: loading {key!r} changed {count} value(s) that break its rule "
+            f"({self!r}); largest change: {largest:.6g}. Fix: remove() the rule first to keep "
+            "them."
+        )
+
     def restrict(self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]) -> Rule:
         """The rule on the block of a ``shape`` tensor at ``offset`` of size ``local``."""
         raise NotImplementedError
@@ -144,6 +153,14 @@ class Zeros(Rule):
     def violations(self, t: Tensor) -> tuple[int, float]:
         count = self.pattern.count_nonzero(t)
         return count, (self.pattern.max_abs(t) if count else 0.0)
+
+    def load_warning(self, key: str, count: int, largest: float) -> str:
+        return (
+            f"torch_hollow: loading {key!r} set {count} non-zero value(s) on its held entries "
+            f"({self.pattern!r}) to 0.0; largest |value| dropped: {largest:.6g}. The parameter "
+            "is hollow, so these entries cannot hold values; remove() the constraint first to "
+            "keep them."
+        )
 
     def restrict(self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]) -> Zeros:
         return Zeros(self.pattern.restrict(shape, offset, local))
