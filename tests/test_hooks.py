@@ -1,4 +1,8 @@
-"""hollow_ on any parameter of any module: RNN gates, attention projections, custom modules."""
+"""torch_hollow._hooks: hollow_ on any parameter of a module whose own forward reads it.
+
+RNN gates, attention projections, custom modules: the forward pre-hook restores the rules, the
+post-accumulate-grad hook masks ``.grad``, the state-dict hooks enforce on save and load.
+"""
 
 from __future__ import annotations
 
