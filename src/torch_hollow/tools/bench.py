@@ -15,15 +15,18 @@ and with Muon, and of the weight its forward uses.
 from __future__ import annotations
 
 __all__ = [
+    "OPTIMIZERS",
     "BenchRow",
     "bench",
     "format_rows",
     "peak_step_bytes",
     "state_bytes",
     "state_dict_bytes",
+    "train",
 ]
 
 import io
+import math
 import os
 import subprocess
 import sys
@@ -38,7 +41,7 @@ from torch_hollow import HollowError, rules_of
 from torch_hollow.patterns import Diagonal
 
 from .measure import check_device, held_max, interleaved, timing
-from .recipes import RECIPES, MaskedLinear, Spec, stored_params
+from .recipes import RECIPES, Spec, stored_params, used_weight
 from .report import markdown, number
 
 _HAS_MUON = hasattr(torch.optim, "Muon")  # torch >= 2.9
@@ -162,32 +165,40 @@ def peak_step_bytes(recipe: str, spec: Spec, batch: int, compiled: bool) -> int:
     return max(0, int(done.stdout.strip().splitlines()[-1]))
 
 
+OPTIMIZERS: dict[str, Callable[[list[Tensor]], torch.optim.Optimizer]] = {
+    "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "Muon": lambda p: torch.optim.Muon(p, lr=1e-2),
+}
+
+
+def train(recipe: str, spec: Spec, optimizer: str, steps: int) -> nn.Module:
+    """``recipe``'s module after ``steps`` steps of ``optimizer`` on what it stores.
+
+    What the correctness columns read: seed 1, a fixed batch of 8, ``optimizer`` one of
+    `OPTIMIZERS`; one more forward at the end refreshes the weight the forward uses (prune
+    recomputes it in a pre-hook).
+    """
+    torch.manual_seed(1)
+    module = RECIPES[recipe](spec)
+    opt = OPTIMIZERS[optimizer]([stored_params(module)])
+    shape = (spec.groups, 8, spec.n) if spec.groups else (8, spec.n)
+    x = torch.randn(shape, device=spec.device, dtype=spec.dtype)
+    for _ in range(steps):
+        opt.zero_grad()
+        module(x).float().square().mean().backward()
+        opt.step()
+    module(x)
+    return module
+
+
 def _correctness(recipe: str, spec: Spec, steps: int) -> tuple[float, float, float]:
     """max |held| of the stored weight after AdamW and after Muon, and of the forward's weight."""
-    out = []
-    for make in (
-        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
-        lambda p: torch.optim.Muon(p, lr=1e-2),
-    ):
-        if len(out) == 1 and not _HAS_MUON:
-            return out[0], float("nan"), float("nan")  # shown as "needs torch >= 2.9"
-        torch.manual_seed(1)
-        module = RECIPES[recipe](spec)
-        stored = stored_params(module)
-        mask = spec.held().held_mask(stored.shape, spec.device)
-        if len(out) == 1 and stored.dim() != 2:
-            return out[0], float("nan"), float("nan")  # Muon takes 2-D parameters only
-        opt = make([stored])
-        shape = (spec.groups, 8, spec.n) if spec.groups else (8, spec.n)
-        x = torch.randn(shape, device=spec.device, dtype=spec.dtype)
-        for _ in range(steps):
-            opt.zero_grad()
-            module(x).float().square().mean().backward()
-            opt.step()
-        out.append(held_max(stored, mask))
-        module(x)  # refresh what the forward uses (prune recomputes it in a pre-hook)
-    used = module.inner.weight * module.mask if isinstance(module, MaskedLinear) else module.weight
-    return out[0], out[1], held_max(used, mask)
+    held = spec.held().held_mask(spec.shape, spec.device)
+    adamw = held_max([(stored_params(train(recipe, spec, "AdamW", steps)), held)])
+    if not _HAS_MUON or spec.groups:  # shown as "needs torch >= 2.9"; Muon takes 2-D only
+        return adamw, math.nan, math.nan
+    muon = train(recipe, spec, "Muon", steps)
+    return adamw, held_max([(stored_params(muon), held)]), held_max([(used_weight(muon), held)])
 
 
 def _check_recipes(recipes: Sequence[str]) -> None:

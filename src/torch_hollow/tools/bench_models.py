@@ -95,9 +95,10 @@ def bench_models(
     ``notears-mlp``, ``mlp``), the peer and the torch-hollow build start from the same seed,
     data and Adam optimizer; both first take ``steps`` steps in lockstep (warm-up and
     compilation), after which the correctness columns are read: the largest |value| on the
-    held entries of the stored weights and of the weights the forward uses, and the largest
-    relative difference of the two loss trajectories. Then steps and forwards are timed
-    interleaved, round after round, as `torch_hollow.tools.bench.bench` does.
+    entries the peer holds (its own masks, for both builds) of the stored weights and of the
+    weights the forward uses (NaN if no entry is held), and the largest relative difference of
+    the two loss trajectories. Then steps and forwards are timed interleaved, round after
+    round, as `torch_hollow.tools.bench.bench` does.
 
     Args:
         models: names from ``MODELS`` (default: all).
@@ -161,10 +162,7 @@ def _measure_model(
     for _ in range(steps):
         for r, case in cases.items():
             losses[r].append(case.step().item())
-    held = {
-        r: [(held_max(stored, mask), held_max(used, mask)) for stored, used, mask in entries]
-        for r, entries in ((r, held_entries(c.module)) for r, c in cases.items())
-    }
+    held = _held_columns(cases, model.peer_name)
     for case in cases.values():
         case.forward()  # compiles the no_grad graph too
     times = interleaved(cases, rounds, round_s, device)
@@ -179,12 +177,29 @@ def _measure_model(
                 mode=mode,
                 recipe=r,
                 **timing(times, r, peer),
-                stored_held=max(s for s, _ in held[r]),
-                forward_held=max(u for _, u in held[r]),
+                stored_held=held[r][0],
+                forward_held=held[r][1],
                 loss_diff=diff if model.same_function else float("nan"),
             )
         )
     return rows
+
+
+def _held_columns(cases: dict[str, _ModelCase], peer: str) -> dict[str, tuple[float, float]]:
+    """Max |held| of each build's stored and used weights, on the entries the peer holds.
+
+    The peer's masks come from the model's own arithmetic, so torch-hollow's build is read
+    against them, not against its own rules.
+    """
+    masks = [mask for _, _, mask in held_entries(cases[peer].module)]
+    out = {}
+    for r, case in cases.items():
+        entries = list(zip(held_entries(case.module), masks, strict=True))
+        out[r] = (
+            held_max((stored, mask) for (stored, _, _), mask in entries),
+            held_max((used, mask) for (_, used, _), mask in entries),
+        )
+    return out
 
 
 def format_model_rows(rows: list[ModelRow]) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 __all__ = ["check_device", "held_max", "interleaved", "timing"]
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -45,10 +46,26 @@ def check_device(device: str, dtype: torch.dtype) -> torch.device:
     return dev
 
 
-def held_max(t: Tensor, mask: Tensor) -> float:
-    """The largest |value| of ``t`` on the entries ``mask`` holds (0.0 if it holds none)."""
-    values = t.detach()[..., mask] if mask.dim() == 2 else t.detach()[mask]
-    return values.abs().max().item() if values.numel() else 0.0
+def held_max(pairs: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """The largest |value| on the held entries of each ``(tensor, held mask)`` pair.
+
+    A 2-D mask selects the same entries of every matrix of a batched tensor. NaN (shown as
+    "n/a"), not 0.0, when no entry is selected at all: an empty mask must not read as "the
+    zeros hold". A NaN stored on a held entry gives NaN too.
+
+    Example:
+        >>> import torch
+        >>> held_max([(torch.tensor([[0.0, 2.0], [-3.0, 0.0]]), torch.eye(2, dtype=torch.bool))])
+        0.0
+        >>> held_max([(torch.ones(2, 2), torch.zeros(2, 2, dtype=torch.bool))])
+        nan
+    """
+    values = [
+        (t.detach()[..., mask] if mask.dim() == 2 else t.detach()[mask]).flatten().float().cpu()
+        for t, mask in pairs
+    ]
+    held = torch.cat(values) if values else torch.empty(0)
+    return held.abs().max().item() if held.numel() else math.nan
 
 
 def _timed(fn: Callable[[], None], iters: int, device: torch.device) -> float:

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from torch_hollow import HollowLinear, convert, hollow_, rules_of
-from torch_hollow.patterns import BlockDiagonal, Diagonal, Mask
+from torch_hollow.patterns import Mask
 
-from .recipes import MaskedLinear
+from .recipes import MaskedLinear, used_weight
 
 Linear = Callable[[Tensor], nn.Module]  # allowed (out, in) -> a linear layer holding ~allowed
 
@@ -121,7 +121,8 @@ class NotearsMLP(nn.Module):
     def __init__(self, d: int, m: int, linear: Linear) -> None:
         super().__init__()
         self.d, self.m = d, m
-        self.fc1 = linear(~BlockDiagonal(rows=m, cols=1).held_mask((d * m, d)))
+        # Hidden unit j*m + k belongs to node j and must not read input j.
+        self.fc1 = linear(torch.arange(d * m)[:, None] // m != torch.arange(d)[None, :])
         bound = 1 / math.sqrt(m)
         self.fc2_weight = nn.Parameter(torch.empty(d, m).uniform_(-bound, bound))
         self.fc2_bias = nn.Parameter(torch.empty(d).uniform_(-bound, bound))
@@ -129,15 +130,11 @@ class NotearsMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         hidden = torch.sigmoid(self.fc1(x).view(-1, self.d, self.m))
         out = torch.einsum("ndm,dm->nd", hidden, self.fc2_weight) + self.fc2_bias
-        w = _used_weight(self.fc1)
+        w = used_weight(self.fc1)
         a = w.view(self.d, self.m, self.d).square().sum(1).T
         h = torch.linalg.matrix_exp(a).diagonal().sum() - self.d
         fit = 0.5 * (out - x).square().sum() / x.shape[0]
         return fit + 0.01 * w.abs().sum() + 0.005 * w.square().sum() + 0.5 * h * h + h
-
-
-def _used_weight(layer: nn.Module) -> Tensor:
-    return layer.inner.weight * layer.mask if isinstance(layer, MaskedLinear) else layer.weight
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -254,7 +251,9 @@ def held_entries(model: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
 
     The peers' layers: a `MaskedLinear` (stored ``inner.weight``, used ``weight * mask``),
     `MaskedSEM` (``W``, ``W * (1 - I)``) and plain ``nn.Linear`` (its diagonal, which only the
-    torch-hollow build holds). torch-hollow's: every held parameter, stored = used.
+    torch-hollow build holds). Their masks come from the model's own arithmetic (degrees, an
+    identity), never from torch-hollow, so they are the reference a torch-hollow build is read
+    against. torch-hollow's: every held parameter (mask from its rule), stored = used.
     """
     out = []
     for module in model.modules():
@@ -264,10 +263,10 @@ def held_entries(model: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
                 w = module.get_parameter(name)
                 out.append((w, w, rule.pattern.held_mask(w.shape, w.device)))
         elif isinstance(module, MaskedLinear):
-            out.append((module.inner.weight, _used_weight(module), module.mask == 0))
+            out.append((module.inner.weight, used_weight(module), module.mask == 0))
         elif isinstance(module, MaskedSEM):
             out.append((module.W, module.weight(), module.eye.bool()))
         elif type(module) is nn.Linear and isinstance(model, Autoencoder):
             w = module.weight
-            out.append((w, w, Diagonal().held_mask(w.shape, w.device)))
+            out.append((w, w, torch.eye(*w.shape, dtype=torch.bool, device=w.device)))
     return out

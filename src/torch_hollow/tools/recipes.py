@@ -7,7 +7,7 @@ a benchmark can look at the values the recipe actually keeps.
 
 from __future__ import annotations
 
-__all__ = ["RECIPES", "BatchedLinear", "Spec", "stored_params"]
+__all__ = ["RECIPES", "BatchedLinear", "Spec", "stored_params", "used_weight"]
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +32,16 @@ class Spec:
     groups: int = 0  # 0: a plain (n, n) linear; g > 0: a batched (g, n, n) weight
     sparsity: float = 0.0  # > 0: instead of pattern, a pruning mask holding this fraction
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The weight's shape: ``(n, n)``, or ``(groups, n, n)``."""
+        return (self.groups, self.n, self.n) if self.groups else (self.n, self.n)
+
     def held(self) -> Pattern:
         """The held entries: ``pattern``, or a seeded random `Mask` of ``sparsity``."""
         if not self.sparsity:
             return self.pattern
-        shape = (self.groups, self.n, self.n) if self.groups else (self.n, self.n)
-        draw = torch.rand(shape, generator=torch.Generator().manual_seed(self.n))
+        draw = torch.rand(self.shape, generator=torch.Generator().manual_seed(self.n))
         return Mask(draw >= self.sparsity)
 
 
@@ -140,3 +144,8 @@ def stored_params(module: nn.Module) -> Tensor:
     if hasattr(module, "weight_orig"):
         return module.weight_orig
     return module.inner.weight if isinstance(module, MaskedLinear) else module.weight
+
+
+def used_weight(module: nn.Module) -> Tensor:
+    """The weight a recipe's forward multiplies by (after a forward, for ``prune``)."""
+    return module.inner.weight * module.mask if isinstance(module, MaskedLinear) else module.weight
