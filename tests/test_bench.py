@@ -1,4 +1,8 @@
-"""torch-hollow bench end to end on a tiny grid: structure and the correctness column only."""
+"""torch-hollow bench end to end on a tiny grid: structure and the correctness column only.
+
+The held entries are found independently of the code under test: the diagonal by ``torch.eye``,
+other patterns by the index arithmetic of ``_reference_patterns``.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +16,57 @@ from pathlib import Path
 import pytest
 import torch
 from _optim import HAS_MUON
+from _reference_patterns import PATTERNS
+from conftest import assert_bitwise_zero
 
 from torch_hollow import HollowError
 from torch_hollow.cli import main
-from torch_hollow.patterns import BlockDiagonal
-from torch_hollow.tools.bench import bench, format_rows
-from torch_hollow.tools.recipes import RECIPES, Spec
+from torch_hollow.tools.bench import bench, format_rows, train
+from torch_hollow.tools.measure import held_max, timing
+from torch_hollow.tools.recipes import RECIPES, Spec, stored_params, used_weight
+
+N, STEPS = 16, 5
+DIAGONAL = torch.eye(N, dtype=torch.bool)
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return bench(points=[(16, 3)], rounds=2, round_s=0.001, memory=False, steps=5)
+    # One round: each ratio is then exactly this row's time over plain's time of that round.
+    return bench(points=[(N, 3)], rounds=1, round_s=0.001, memory=False, steps=STEPS)
 
 
-def test_every_recipe_has_a_row_with_ratios(rows):
+def test_every_recipe_has_a_row_with_ratios_over_plain(rows):
     assert [r.recipe for r in rows] == list(RECIPES)
     plain = rows[0]
-    assert plain.forward_ratio == 1.0 and plain.step_ratio == 1.0
     for r in rows:
-        assert r.forward_us > 0 and r.step_us > 0 and r.step_ratio > 0
-        assert r.mode == "eager" and (r.n, r.batch) == (16, 3)
+        assert r.mode == "eager" and (r.n, r.batch) == (N, 3)
+        for kind in ("forward", "step"):
+            ratio, us = getattr(r, f"{kind}_ratio"), getattr(r, f"{kind}_us")
+            assert math.isfinite(ratio) and ratio > 0 and us > 0
+            assert ratio == us / getattr(plain, f"{kind}_us"), (r.recipe, kind)
+
+
+def test_ratios_are_taken_inside_each_round():
+    # The median of the per-round ratios (2, 2, 1, 2), not the ratio of the medians (2.5 / 1.5).
+    times = {("a", k): [2.0, 4.0, 3.0, 2.0] for k in ("forward", "step")}
+    times |= {("p", k): [1.0, 2.0, 3.0, 1.0] for k in ("forward", "step")}
+    times |= {("q", k): [4.0, 4.0, 4.0, 4.0] for k in ("forward", "step")}
+    assert timing(times, "a", "p")["step_ratio"] == 2.0
+    assert timing(times, "a", "p")["step_us"] == 2.5
+    assert timing(times, "a", "q")["forward_ratio"] == 0.625  # over the reference named
+
+
+def test_correctness_columns_read_the_held_entries(rows):
+    # Each column is the max |value| on the diagonal (torch.eye, not the pattern) of the
+    # weights the bench trained.
+    for r in rows:
+        stored = stored_params(train(r.recipe, Spec(N), "AdamW", STEPS))
+        assert r.stored_adamw == stored.detach()[DIAGONAL].abs().max().item(), r.recipe
+        if HAS_MUON:
+            muon = train(r.recipe, Spec(N), "Muon", STEPS)
+            assert r.stored_muon == stored_params(muon).detach()[DIAGONAL].abs().max().item()
+            assert r.forward_muon == used_weight(muon).detach()[DIAGONAL].abs().max().item()
+    assert_bitwise_zero(train("torch-hollow", Spec(N), "AdamW", STEPS).weight, DIAGONAL)
 
 
 def test_correctness_column_tells_the_recipes_apart(rows):
@@ -74,6 +109,8 @@ def test_peak_memory_of_a_step_shows_no_extra_weight_copy():
 
 
 def test_batched_pattern_spec():
+    pattern, held = PATTERNS["blocks"](8, 8)  # held: by index arithmetic, not the pattern
+    spec = Spec(8, pattern=pattern, groups=3)
     rows = bench(
         ["torch-hollow", "W*mask"],
         points=[(8, 2)],
@@ -81,11 +118,25 @@ def test_batched_pattern_spec():
         round_s=0.001,
         memory=False,
         steps=3,
-        spec=Spec(8, pattern=BlockDiagonal(2), groups=3),
+        spec=spec,
     )
     by = {r.recipe: r for r in rows}
+    stored = stored_params(train("torch-hollow", spec, "AdamW", 3))
+    assert_bitwise_zero(stored, held)
     assert by["torch-hollow"].stored_adamw == 0.0
+    w_mask = stored_params(train("W*mask", spec, "AdamW", 3)).detach()
+    assert by["W*mask"].stored_adamw == w_mask[..., held].abs().max().item() > 0
     assert math.isnan(by["torch-hollow"].stored_muon)  # Muon takes 2-D parameters only
+
+
+def test_an_empty_selection_is_not_read_as_holding():
+    none = torch.zeros(4, 4, dtype=torch.bool)
+    assert math.isnan(held_max([(torch.ones(4, 4), none)]))
+    assert math.isnan(held_max([]))
+    # across layers: the max over what is held anywhere, NaN still counted
+    assert held_max([(torch.ones(4, 4), none), (torch.full((4, 4), 2.0), ~none)]) == 2.0
+    eye = torch.eye(2, dtype=torch.bool)  # a NaN on a held entry is not "0.0 holds" either
+    assert math.isnan(held_max([(torch.zeros(2, 2), eye), (torch.full((2, 2), math.nan), eye)]))
 
 
 def test_cli_bench_json_and_plot(tmp_path, capsys):

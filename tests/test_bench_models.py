@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_bitwise_zero
 
 from torch_hollow import HollowError
 from torch_hollow.cli import main
@@ -16,20 +17,26 @@ from torch_hollow.tools.model_recipes import MODELS, held_entries
 
 @pytest.fixture(scope="module")
 def rows():
-    return bench_models(tiny=True, rounds=2, round_s=0.001, steps=5)
+    # One round: each ratio is then exactly this build's time over its peer's of that round.
+    return bench_models(tiny=True, rounds=1, round_s=0.001, steps=5)
 
 
-def test_a_row_per_model_and_build(rows):
+def test_a_row_per_model_and_build_with_ratios_over_the_peer(rows):
     assert [(r.model, r.recipe) for r in rows] == [
         (name, recipe) for name, m in MODELS.items() for recipe in (m.peer_name, "torch-hollow")
     ]
     for peer, hollow in zip(rows[::2], rows[1::2], strict=True):
-        assert peer.step_ratio == 1.0 and peer.forward_ratio == 1.0
-        assert hollow.step_ratio > 0 and hollow.step_us > 0 and hollow.forward_us > 0
         assert peer.mode == hollow.mode == "eager" and peer.size == hollow.size
+        for kind in ("forward", "step"):
+            ratio, us = getattr(hollow, f"{kind}_ratio"), getattr(hollow, f"{kind}_us")
+            assert math.isfinite(ratio) and ratio > 0 and us > 0
+            assert ratio == us / getattr(peer, f"{kind}_us"), (hollow.model, kind)
 
 
 def test_torch_hollow_stores_and_uses_exact_zeros(rows):
+    # The columns read both builds on the peer's masks (the model's own arithmetic, see
+    # test_the_peers_masks_are_the_models_own), so a torch-hollow build holding the wrong
+    # entries, or none, cannot read 0.0 (an empty selection reads NaN).
     by = {(r.model, r.recipe): r for r in rows}
     for name in MODELS:
         hollow = by[name, "torch-hollow"]
@@ -52,6 +59,23 @@ def test_loss_trajectories_agree_where_the_function_is_the_same(rows):
     assert "n/a (peer is plain)" in format_model_rows(rows)
 
 
+def test_the_peers_masks_are_the_models_own():
+    d, m = 4, 3
+    # MAF: what survives the three held masks is autoregressive: output o (shift and
+    # log-scale of feature o % d) reads only inputs before it, and does read some.
+    maf = MODELS["maf"].peer(d=d, hidden=8, transforms=1)
+    allowed = [~held for _, _, held in held_entries(maf)]
+    reach = allowed[2].long() @ allowed[1].long() @ allowed[0].long()
+    o, j = torch.arange(2 * d)[:, None] % d, torch.arange(d)[None, :]
+    assert (reach[o <= j] == 0).all() and (reach[o > j] > 0).all()
+    # NOTEARS-MLP: hidden unit j*m + k belongs to node j and must not read input j.
+    [(_, _, fc1)] = held_entries(MODELS["notears-mlp"].peer(d=d, m=m))
+    assert all(fc1[j * m + k, i] == (i == j) for j in range(d) for k in range(m) for i in range(d))
+    for name, size in (("golem", {"d": 5}), ("mlp", {"width": 5, "depth": 2})):
+        for _, _, held in held_entries(MODELS[name].peer(**size)):
+            assert torch.equal(held, torch.eye(5, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_both_builds_start_from_the_same_free_values(name):
     model = MODELS[name]
@@ -62,7 +86,8 @@ def test_both_builds_start_from_the_same_free_values(name):
         built.append(held_entries(build(**size)))
     assert len(built[0]) == len(built[1]) > 0
     for (_, used_peer, held_peer), (stored, used, held) in zip(*built, strict=True):
-        assert torch.equal(held_peer, held) and (stored[held] == 0).all()
+        assert torch.equal(held_peer, held)  # torch-hollow's rule holds the peer's entries
+        assert_bitwise_zero(stored, held)
         assert torch.equal(used_peer[~held], used[~held])
 
 
