@@ -26,8 +26,6 @@ def step(layer: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, i:
     return i + 1
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("layer", choices=["plain", "hollow"])
