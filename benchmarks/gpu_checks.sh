@@ -20,7 +20,7 @@ step environment
 step "CUDA tests (eager, patterns, generic, compile, export)"
 timeout 150 $PY -m pytest -q -p no:cacheprovider -n 8 --device cuda -k "not onnx" \
   tests/test_nn.py tests/test_functional.py tests/test_constrain.py tests/test_patterns.py \
-  tests/test_generic.py tests/test_compile.py 2>&1 | tail -25 >>"$LOG"
+  tests/test_hooks.py tests/test_compile.py 2>&1 | tail -25 >>"$LOG"
 
 step "distributed tests on one GPU (NCCL, world size 1)"
 timeout 90 $PY -m pytest -q -p no:cacheprovider -n 4 --device cuda tests/test_distributed.py \

@@ -27,7 +27,12 @@ copy                a tensor the module does not own         ``rule.apply(tensor
                     ``torch.func`` transform, or             tensor is never written
                     ``torch.jit.trace``
 refused             hooks, under ``torch.compile``, with a   a `HollowError`: a hook cannot put
-                    tensor the module does not own           a copy in its place in a graph
+                    tensor the module does not own           a copy in its place in a graph.
+                                                             Dynamo then breaks the graph and
+                                                             runs the forward eagerly (the copy
+                                                             path); with ``fullgraph=True`` it
+                                                             raises ``Unsupported``, caused by
+                                                             the `HollowError`
 ==================  =======================================  ===================================
 
 Private torch internals the paths rely on live here too: the autograd node's hook dict
