@@ -16,6 +16,7 @@ __all__ = [
     "hollow_",
     "hollow_masks_",
     "is_hollow",
+    "keep_zeros_",
     "remove",
     "rules_of",
     "zero_diagonal_",
@@ -26,4 +27,4 @@ from .constrain import convert, hollow_, is_hollow, remove, rules_of
 from .errors import HollowError, HollowWarning
 from .functional import zero_diagonal_
 from .nn import HollowLinear
-from .prune import from_prune, hollow_masks_
+from .prune import from_prune, hollow_masks_, keep_zeros_

@@ -218,6 +218,16 @@ def hold_(module: nn.Module, name: str, rule: Rule, path: str) -> nn.Module:
     The one helper under every verb. Holding a parameter again with an equal rule changes
     nothing; with another rule it is refused.
     """
+    if not check_hold(module, name, rule, path):
+        _act(module, name, rule)
+    return module
+
+
+def check_hold(module: nn.Module, name: str, rule: Rule, path: str) -> bool:
+    """Raise the `HollowError` `hold_` would raise; True if ``rule`` already holds there.
+
+    For a verb that holds many parameters: check them all, then `hold_` each.
+    """
     if not isinstance(module, nn.Module):
         raise HollowError(
             f"torch_hollow: expected an nn.Module, got {type(module).__name__}. "
@@ -226,8 +236,10 @@ def hold_(module: nn.Module, name: str, rule: Rule, path: str) -> nn.Module:
     with at(path, name):
         param = _find(module, name)
     with at(path, name, param.shape):
-        if _check(module, name, param, rule):
-            return module
+        return _check(module, name, param, rule)
+
+
+def _act(module: nn.Module, name: str, rule: Rule) -> None:
     if type(module) is nn.Linear and name == "weight":
         module.__dict__[KEY] = Held({name: rule})
         module.__class__ = HollowLinear
@@ -235,7 +247,6 @@ def hold_(module: nn.Module, name: str, rule: Rule, path: str) -> nn.Module:
         guard.enforce(module)
     else:
         _hooks.attach(module, name, rule)
-    return module
 
 
 def _find(module: nn.Module, name: str) -> nn.Parameter:

@@ -8,17 +8,20 @@ A hollow `Mask` holds the same entries at 0.0 in the one stored weight, under it
 
 from __future__ import annotations
 
-__all__ = ["from_prune", "hollow_masks_"]
+__all__ = ["from_prune", "hollow_masks_", "keep_zeros_"]
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from .constrain import hollow_, remove, rules_of
-from .errors import HollowError, located
+from . import shards
+from .constrain import check_hold, hold_, hollow_, remove, rules_of
+from .errors import HollowError, HollowWarning, located
 from .patterns import Mask
+from .rules import Zeros
 
 
 def from_prune(model: nn.Module) -> nn.Module:
@@ -134,4 +137,74 @@ def hollow_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
         plan.append((model.get_submodule(owner) if owner else model, name, pattern))
     for module, name, pattern in plan:
         hollow_(module, name, pattern=pattern)
+    return model
+
+
+def keep_zeros_(
+    model: nn.Module, *, where: Callable[[str, nn.Module], bool] | None = None
+) -> nn.Module:
+    """Hold, in each selected weight, exactly the entries that are 0.0 now, in place.
+
+    The one-line path for a pruned checkpoint (SparseGPT, Wanda, 2:4): load it, call
+    ``keep_zeros_(model)``, fine-tune; the pruned entries stay bitwise +0.0 through every
+    optimizer step, load and copy, in a `Mask` of the weight's zeros. Every selected module's
+    ``weight`` is checked before any is changed.
+
+    Args:
+        model: any module; itself included.
+        where: ``(qualified_name, module) -> bool`` choosing the modules whose ``weight`` is
+            held; default: every module whose type is exactly ``nn.Linear`` (as `convert`).
+
+    Returns:
+        ``model``.
+
+    Raises:
+        HollowError: a chosen weight is not a floating tensor of 2 or more dims, or is already
+            held by another rule; nothing is changed then.
+
+    Warns:
+        HollowWarning: naming the chosen weights that have no zero (they are left alone).
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow import keep_zeros_, rules_of
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> with torch.no_grad():
+        ...     model[0].weight[:, ::2] = 0.0  # as after pruning
+        >>> rules_of(keep_zeros_(model)[0])
+        {'weight': Zeros(pattern=Mask(shape=(4, 4), held=8))}
+    """
+    plan, dense = [], []
+    for qualified, module in list(model.named_modules()):
+        chosen = type(module) is nn.Linear if where is None else bool(where(qualified, module))
+        if not chosen:
+            continue
+        path = qualified or type(module).__name__
+        weight = module._parameters.get("weight")
+        if not isinstance(weight, Tensor) or weight.dim() < 2 or not weight.is_floating_point():
+            raise located(
+                path,
+                "weight",
+                getattr(weight, "shape", None),
+                "keep_zeros_ holds a floating weight of 2 or more dims, and this module has none",
+                "choose modules with such a weight (where=...)",
+            )
+        allowed = shards.gather(weight.detach()) != 0  # a DTensor's: a collective
+        if bool(allowed.all()):
+            dense.append(f"{path}.weight")
+            continue
+        rule = Zeros(Mask(allowed))
+        check_hold(module, "weight", rule, path)  # refused here, before anything changes
+        plan.append((module, path, rule))
+    for module, path, rule in plan:
+        hold_(module, "weight", rule, path)
+    if dense:
+        warnings.warn(
+            HollowWarning(
+                f"torch_hollow: keep_zeros_ left {len(dense)} weight(s) with no zero alone: "
+                f"{', '.join(dense[:8])}{', ...' if len(dense) > 8 else ''}. Nothing of them is "
+                "held; prune them first if they should be sparse."
+            ),
+            stacklevel=2,
+        )
     return model
