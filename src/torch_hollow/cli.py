@@ -33,7 +33,9 @@ def _check(args: argparse.Namespace) -> int:
     from .errors import HollowError
 
     try:
-        rows = audit(args.path, trust_pickle=args.trust_pickle)
+        rows = audit(
+            args.path, trust_pickle=args.trust_pickle, nm=args.nm, mask=args.mask, only=args.only
+        )
     except HollowError as err:
         print(err, file=sys.stderr)
         return 2
@@ -162,9 +164,38 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--dim", type=int, default=16, help="layer size (default 16)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
-    check = sub.add_parser("check", help="audit a checkpoint: exit 1 if a held entry is non-zero")
-    check.add_argument("path", help="a torch.save file (state dict or model) or .safetensors")
+    check = sub.add_parser(
+        "check",
+        help="audit a checkpoint: exit 1 if a held entry is non-zero",
+        description="Audit a checkpoint: the patterns torch-hollow recorded, or the N:M "
+        "sparsity or mask asked for. Exit 0 if every held entry is 0.0 (-0.0 counts as 0.0), "
+        "1 if one is not, 2 if the check cannot run.",
+    )
+    check.add_argument(
+        "path",
+        help="a torch.save file (state dict or model), a .safetensors file, or a directory of "
+        "safetensors shards (those its *.safetensors.index.json names, or every *.safetensors)",
+    )
     check.add_argument("--json", action="store_true", help="print JSON rows")
+    check.add_argument(
+        "--nm",
+        metavar="N:M",
+        help="check N:M sparsity: at least N of every M consecutive entries along the last dim "
+        "are 0.0 (e.g. 2:4), in the 2-D *weight tensors whose name contains none of embed, "
+        "norm, lm_head (or those --only chooses)",
+    )
+    check.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="check against masks (safetensors or torch.save file of bool tensors keyed by "
+        "parameter name, True = free; prune's float NAME_mask too): every entry where the mask "
+        "is False must be 0.0",
+    )
+    check.add_argument(
+        "--only",
+        metavar="REGEX",
+        help="with --nm or --mask: check only the tensors whose name matches (re.search)",
+    )
     check.add_argument(
         "--trust-pickle",
         action="store_true",
