@@ -127,7 +127,7 @@ def test_a_hollow_linear_forward_reads_no_frames(monkeypatch):
         raise AssertionError("sys._getframe was called")
 
     monkeypatch.setattr(sys, "_getframe", refuse)
-    out = layer(x)
+    out = layer(x)  # the forward is where 0.1.0 read caller frames
+    monkeypatch.undo()  # torch's own backward may (typing, on torch 2.8)
     out.sum().backward()
-    monkeypatch.undo()
     assert_bitwise_zero(layer.weight.grad, diag_mask(3, 3))
