@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from torch_hollow import HollowError, HollowLinear, HollowWarning, guard, hollow_
+from torch_hollow import HollowError, HollowLinear, HollowWarning, guard, hollow_, rules_of
 from torch_hollow.functional import hollow_linear
-from torch_hollow.patterns import BlockDiagonal, Diagonal, Mask, StackedDiagonal
+from torch_hollow.patterns import BlockDiagonal, Diagonal, Mask, StackedDiagonal, from_spec
 
 
 def block_mask(row_sizes, col_sizes):
@@ -240,8 +240,9 @@ def test_made_mask_matches_w_times_mask_and_has_autoregressive_jacobian():
     assert_bitwise_zero(jac, ~adjacency)
 
 
-def test_mask_is_stored_as_one_byte_per_entry():
+def test_mask_is_stored_as_packed_bits_and_adds_no_buffer():
     pattern = Mask(torch.ones(64, 32, dtype=torch.bool))
+    assert pattern.bits.dtype == torch.uint8 and pattern.bits.numel() == 64 * 32 // 8
     assert pattern.held.dtype == torch.bool and pattern.held.numel() == 64 * 32
     layer = HollowLinear(32, 64, pattern=pattern)
     assert [n for n, _ in layer.named_buffers()] == []
@@ -341,3 +342,130 @@ def test_cpu_held_entries_are_written_through_numpy_views_where_numpy_can(dtype)
     layer.weight.data.fill_(1.0)
     layer(torch.randn(2, 6, dtype=dtype))
     assert_bitwise_zero(layer.weight, torch.eye(6, dtype=torch.bool))
+
+
+# A large Mask (from LARGE = 2**20 entries) keeps its packed bits alone. Rows of 1029 entries
+# do not align with the 8 entries of a byte, and the mask is drawn by the test, not the library.
+BIG = (1031, 1029)
+
+
+def _big_held(seed: int = 0, share: float = 0.5) -> torch.Tensor:
+    return torch.rand(*BIG, generator=torch.Generator().manual_seed(seed)) < share
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(torch.view_as_real(a) if a.is_complex() else a, b) and torch.equal(
+        a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8)
+    )
+
+
+def _persistent_bytes(pattern: Mask) -> int:
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in pattern.tensors()
+    }
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.complex64]
+)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "batched"])
+def test_a_large_mask_writes_plus_zero_over_nan_and_signed_zero(dtype, layout):
+    held = _big_held()
+    pattern = Mask(~held)
+    assert pattern.shape.numel() >= 2**20
+    t = torch.randn(*BIG).to(dtype)
+    flat = t.view(-1)
+    flat[:9] = torch.tensor([float("nan"), -0.0, float("inf"), -float("inf")] * 2 + [1.0])
+    expected = torch.where(held, torch.zeros((), dtype=dtype), t)
+    if layout == "strided":
+        t = t.t().contiguous().t()  # the same values, column-major
+    if layout == "batched":
+        t, expected = torch.stack([t, t]), torch.stack([expected, expected])
+    out = pattern.zero_(t)
+    assert out is t
+    as_bytes = (lambda x: torch.view_as_real(x)) if dtype.is_complex else (lambda x: x)
+    assert torch.equal(
+        as_bytes(out).contiguous().view(torch.uint8),
+        as_bytes(expected).contiguous().view(torch.uint8),
+    )
+
+
+def test_a_large_mask_keeps_one_bit_per_entry_wherever_it_is_used():
+    held = _big_held()
+    pattern = Mask(~held)
+    layer = HollowLinear(BIG[1], BIG[0], bias=False, pattern=pattern)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(2):  # the guard's plan, the forward, the gradient hook
+        layer(torch.randn(3, BIG[1])).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    pattern.zero_(torch.randn(2, *BIG, dtype=torch.bfloat16).mT.contiguous().mT)
+    pattern.held_values(torch.randn(*BIG))
+    pattern.restrict(BIG, (500, 0), (300, BIG[1]))
+    copy.deepcopy(layer)
+    assert _persistent_bytes(pattern) == (held.numel() + 7) // 8  # 1 bit per entry, no more
+    assert torch.equal(pattern.held, held)
+    assert_bitwise_zero(layer.weight, held)
+
+
+def test_a_large_mask_trains_exactly_like_a_small_one():
+    # the same pattern, through the two storages: every step's weights agree bitwise
+    held = _big_held(1, 0.3)
+    big = HollowLinear(BIG[1], BIG[0], pattern=Mask(~held))
+    torch.manual_seed(0)
+    weight, bias = torch.randn(*BIG), torch.randn(BIG[0])
+    with torch.no_grad():
+        big.weight.copy_(weight)
+        big.bias.copy_(bias)
+    reference = nn.Linear(BIG[1], BIG[0])
+    with torch.no_grad():
+        reference.weight.copy_(weight.masked_fill(held, 0.0))
+        reference.bias.copy_(bias)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (big, reference)]
+    for _ in range(3):
+        x = torch.randn(4, BIG[1])
+        for m, opt in zip((big, reference), opts, strict=True):
+            m(x).square().mean().backward()
+            if m is reference:
+                m.weight.grad.masked_fill_(held, 0.0)
+            opt.step()
+            opt.zero_grad()
+            if m is reference:
+                with torch.no_grad():
+                    m.weight.masked_fill_(held, 0.0)
+        assert torch.equal(big.weight.detach(), reference.weight.detach())
+
+
+def test_a_large_mask_pickles_its_bits_and_reads_0_1_0_spec():
+    held = _big_held()
+    pattern = Mask(~held)
+    again = pickle.loads(pickle.dumps(pattern))
+    assert again == pattern and torch.equal(again.held, held)
+    spec = pattern.spec()
+    assert spec["bits"].numel() == (held.numel() + 7) // 8 and "held" not in spec
+    assert from_spec(spec) == pattern
+    assert from_spec({"type": "Mask", "held": held}) == pattern  # what 0.1.0 saved
+
+
+def test_a_large_mask_restricted_to_a_shard_unpacks_only_its_block():
+    held = _big_held()
+    pattern = Mask(~held)
+    part = pattern.restrict(BIG, (500, 7), (300, 1000))
+    assert torch.equal(part.held, held[500:800, 7:1007])
+    assert part.shape == (300, 1000)
+
+
+def test_a_large_mask_zeroing_allocates_at_most_an_eighth_of_the_weight():
+    import tracemalloc
+
+    held = _big_held()
+    layer = HollowLinear(BIG[1], BIG[0], bias=False, pattern=Mask(~held))
+    [call] = rules_of(layer)["weight"].plan(layer.weight.data).calls  # what the guard runs
+    nn.init.ones_(layer.weight)
+    tracemalloc.start()
+    call()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert 0 < peak <= layer.weight.nbytes // 8
+    assert_bitwise_zero(layer.weight, held)

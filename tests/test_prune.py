@@ -357,8 +357,9 @@ def test_bench_pruning_comparison_columns(capsys):
     if hasattr(torch.optim, "Muon"):
         assert by["torch-hollow"].stored_muon == 0.0
     assert by["prune"].stored_adamw > 0  # weight_orig keeps moving under weight decay
-    # a bool per entry, and the 4-byte keep mask its bitwise AND zeroes with (80% held: dense)
-    assert by["torch-hollow"].extra_state_bytes == 32 * 32 * (1 + 4)
+    # the packed bits (1 bit per entry) and, below Mask's large size, a bool per entry and the
+    # 4-byte keep mask its bitwise AND zeroes with (80% held: dense)
+    assert by["torch-hollow"].extra_state_bytes == 32 * 32 // 8 + 32 * 32 * (1 + 4)
     assert by["prune"].extra_state_bytes >= 2 * 32 * 32 * 4  # weight_orig + a float mask
     assert 0 < by["torch-hollow"].extra_state_dict_bytes < by["prune"].extra_state_dict_bytes
     argv = ["bench", "--sparsity", "0.8", "--recipes", "torch-hollow,prune", "--points", "16x2"]

@@ -8,7 +8,15 @@ plain matrix and a batch of matrices alike. Closed-form patterns (`Diagonal`, `S
 
 from __future__ import annotations
 
-__all__ = ["BlockDiagonal", "Diagonal", "Mask", "Pattern", "StackedDiagonal", "Union", "from_spec"]
+__all__ = [
+    "BlockDiagonal",
+    "Diagonal",
+    "Mask",
+    "Pattern",
+    "StackedDiagonal",
+    "Union",
+    "from_spec",
+]
 
 import functools
 from collections.abc import Callable, Sequence
@@ -303,12 +311,19 @@ class BlockDiagonal(Pattern):
 class Mask(Pattern):
     """An arbitrary fixed mask: ``allowed`` is True where the weight is free, False where held.
 
-    The convention of zuko's adjacency and ``prune``'s mask. The mask is stored once as bool
-    (1 byte per entry). What zeroes the held entries is made once per device it is used on:
-    when at most 1 entry in 16 is held, the list of their indices (8 bytes per held entry);
-    otherwise an integer mask of the weight's element width (4 bytes per entry for float32, as
-    a float mask for ``W * mask`` takes), one bitwise AND per pass. It applies to the last two
-    dimensions and broadcasts over batch dimensions.
+    The convention of zuko's adjacency and ``prune``'s mask. It applies to the last dimensions
+    of a weight and broadcasts over batch dimensions. The mask is stored as packed bits, 1 bit
+    per entry (`bits`). What zeroes the held entries depends on the size:
+
+    - below 2**20 entries, fast paths made once per device it is used on: when at most 1 entry
+      in 16 is held, the list of their indices (8 bytes per held entry); otherwise a bool mask
+      and an integer keep-mask of the weight's element width, one bitwise AND per pass;
+    - from 2**20 entries on (a language model's weights), nothing but the packed bits, on each
+      device it is used on: a pass expands them chunk by chunk into keep-masks (a 256-row
+      table, shared by every mask) and ANDs them into the weight, with at most 64 MiB or 1/8
+      of the weight, whichever is smaller, allocated at a time.
+
+    Either way held entries become bitwise +0.0, over NaN and -0.0 too.
 
     Args:
         allowed: a boolean tensor ``(out, in)`` or ``(..., out, in)``.
@@ -327,8 +342,21 @@ class Mask(Pattern):
                 "torch_hollow: Mask takes a bool tensor of at least 2 dims, got "
                 f"{allowed!r:.60}. Fix: pass allowed = (mask != 0), True = free."
             )
-        self.held = (~allowed).detach().cpu().contiguous()
+        held = (~allowed).detach().cpu().contiguous()
+        self._setup(held.shape, _pack(held), int(held.sum()))
+        if not self._large():
+            self._on[("held", held.device)] = held
+
+    def _setup(self, shape: Sequence[int], bits: Tensor, count: int) -> None:
+        self.shape = torch.Size(shape)
+        self.bits = bits  # the held entries, packed 8 to a byte, first entry in the lowest bit
+        self.count = count
         self._on: dict[Any, Tensor] = {}
+
+    @property
+    def held(self) -> Tensor:
+        """True on the held entries (the bool mask; unpacked anew for a large mask)."""
+        return self._on_device("held", self.bits.device)
 
     @property
     def allowed(self) -> Tensor:
@@ -339,11 +367,11 @@ class Mask(Pattern):
         if (bad := _need_matrix(shape)) is not None:
             return bad
         try:
-            if torch.broadcast_shapes(self.held.shape, shape) != shape:
+            if torch.broadcast_shapes(self.shape, shape) != shape:
                 raise RuntimeError
         except RuntimeError:
             return (
-                f"the mask has shape {tuple(self.held.shape)}, which does not fit",
+                f"the mask has shape {tuple(self.shape)}, which does not fit",
                 f"pass a mask of shape {tuple(shape[-2:])} (or one that broadcasts to "
                 f"{tuple(shape)})",
             )
@@ -352,6 +380,9 @@ class Mask(Pattern):
     def views(self, t: Tensor) -> None:
         return None
 
+    def held_mask(self, shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+        return _unpack(self.bits, 0, self.shape.numel()).view(self.shape).to(device).expand(shape)
+
     def zero_(self, t: Tensor) -> Tensor:
         # Not masked_fill_, which costs several ns per entry on a CPU (10x a multiply): when
         # few entries are held, a list of their flat indices (index_fill_, cost per held
@@ -359,8 +390,10 @@ class Mask(Pattern):
         # and zeros where held, and one bitwise AND, which writes +0.0 even over inf and NaN.
         if t.requires_grad or _differentiating():  # autograd records it: a differentiable write
             return t.masked_fill_(self._on_device("held", t.device), 0)
+        if self._large():
+            return self._zero_large_(t)
         if self._indexed(t):
-            t.view(-1, self.held.numel()).index_fill_(1, self._on_device("index", t.device), 0)
+            t.view(-1, self.shape.numel()).index_fill_(1, self._on_device("index", t.device), 0)
             return t
         bits = _bits(t)
         if bits is None:  # bool, integer and 16-byte complex tensors
@@ -375,14 +408,27 @@ class Mask(Pattern):
         if grad_t is None:
             return
         bits = _bits(grad_t)
-        if bits is None or self._sparse() or grad_t.requires_grad or _differentiating():
+        if (
+            bits is None
+            or self._large()
+            or self._sparse()
+            or grad_t.requires_grad
+            or _differentiating()
+        ):
             self.zero_(grad_t.mT)
             return
         grad_t.view(bits).bitwise_and_(self._on_device(("transposed", bits), grad_t.device))
 
     def cpu_writers(self, t: Tensor) -> list[Callable[[], object]] | None:
+        if self._large():
+            ints = _bits(t)
+            rows = None if ints is None or not self._whole_rows(t) else t.view(ints)
+            alias = None if rows is None else numpy_alias(rows.view(-1, self.shape.numel()))
+            if alias is None:
+                return None
+            return [functools.partial(_and_packed_numpy, alias, self._chunk(t))]
         if self._indexed(t):
-            flat = numpy_alias(t.view(-1, self.held.numel()))
+            flat = numpy_alias(t.view(-1, self.shape.numel()))
             if flat is None:
                 return None
             index = self._on_device("index", t.device).numpy()
@@ -396,60 +442,202 @@ class Mask(Pattern):
         keep = self._on_device(bits, t.device).numpy()
         return [functools.partial(numpy.bitwise_and, ints, keep, out=ints)]
 
+    def _large(self) -> bool:
+        return self.shape.numel() >= LARGE
+
+    def _whole_rows(self, t: Tensor) -> bool:
+        # ``t`` flattens to rows of whole masks, in the mask's own order.
+        k = len(self.shape)
+        return t.is_contiguous() and t.shape[-k:] == self.shape
+
     def _indexed(self, t: Tensor) -> bool:
         # The index-list path: few entries held, and ``t`` flattens to rows of whole masks.
-        k = self.held.dim()
-        return self._sparse() and t.is_contiguous() and t.shape[-k:] == self.held.shape
+        return self._sparse() and self._whole_rows(t)
 
     def _sparse(self) -> bool:
         # Index lists when at most 1 entry in 16 is held: 8 bytes per held entry, half a byte
         # per weight entry at most; faster than a full pass below about 1 in 16 (measured).
-        sparse = self.__dict__.get("_is_sparse")
-        if sparse is None:
-            sparse = self.__dict__["_is_sparse"] = int(self.held.sum()) * 16 <= self.held.numel()
-        return sparse
+        return self.count * 16 <= self.shape.numel()
+
+    def _chunk(self, t: Tensor) -> tuple[Tensor, int]:
+        # The packed bits on t's device, and how many bytes of them one step expands: per
+        # byte, the keep-masks of its 8 entries and its index as an int64 (the table lookup),
+        # within min(64 MiB, 1/8 of the weight).
+        budget = min(_CHUNK_BYTES, self.shape.numel() * t.element_size() // 8)
+        per_byte = 8 * t.element_size() + 8
+        return self._on_device("bits", t.device), max(1, (budget - _SLACK) // per_byte)
+
+    def _zero_large_(self, t: Tensor) -> Tensor:
+        ints = _bits(t)
+        if ints is None or not self._whole_rows(t):
+            return self._zero_by_rows_(t)
+        bits, step = self._chunk(t)
+        alias = numpy_alias(t.view(ints).view(-1, self.shape.numel()))
+        if alias is not None:
+            _and_packed_numpy(alias, (bits, step))
+            return t
+        table = _keep_table(ints, t.device)
+        for row in t.view(ints).view(-1, self.shape.numel()):
+            whole = self.shape.numel() // 8
+            body = row[: whole * 8].view(-1, 8)
+            for start in range(0, whole, step):
+                stop = min(whole, start + step)
+                body[start:stop].bitwise_and_(table.index_select(0, bits[start:stop].long()))
+            if whole * 8 < row.numel():
+                row[whole * 8 :].bitwise_and_(table[bits[whole].long(), : row.numel() - whole * 8])
+        return t
+
+    def _zero_by_rows_(self, t: Tensor) -> Tensor:
+        # Any other tensor (strided, a gradient's transpose, complex or integer): bool masks of
+        # a block of the mask's first dimension at a time, within the same budget.
+        first = t.dim() - len(self.shape)
+        per_row = self.shape[1:].numel()
+        rows = max(1, min(_CHUNK_BYTES, self.shape.numel() * t.element_size() // 8) // per_row)
+        bits = self._on_device("bits", t.device)
+        for start in range(0, self.shape[0], rows):
+            stop = min(self.shape[0], start + rows)
+            held = _unpack(bits, start * per_row, stop * per_row)
+            t.narrow(first, start, stop - start).masked_fill_(
+                held.view(stop - start, *self.shape[1:]), 0
+            )
+        return t
 
     def _on_device(self, kind: Any, device: torch.device) -> Tensor:
-        # The bool mask ("held"), the index list ("index") or the keep-mask of an integer dtype,
-        # made once per device.
-        key = (kind, device)
+        # The packed bits ("bits"), the bool mask ("held"), the index list ("index") or the
+        # keep-mask of an integer dtype, made once per device; for a large mask only the bits
+        # are kept, the rest is made anew for each call (held_mask, a differentiable write).
+        key = (kind, torch.device(device))
         found = self._on.get(key)
-        if found is None:
-            if kind == "held":
-                found = self.held.to(device)
-            elif kind == "index":
-                found = self.held.reshape(-1).nonzero().squeeze(1).to(device)
-            elif isinstance(kind, tuple):  # ("transposed", dtype): a view of the keep-mask
-                found = self._on_device(kind[1], device).mT
-            else:
-                found = torch.where(self.held, 0, -1).to(kind).to(device)  # -1: all bits set
+        if found is not None:
+            return found
+        if kind == "bits":
+            if key[1] == self.bits.device:
+                return self.bits  # no second copy where the bits live
+            found = self.bits.to(device)
+        elif kind == "held":
+            found = self.held_mask(self.shape, device)
+        elif kind == "index":
+            found = self.held.reshape(-1).nonzero().squeeze(1).to(device)
+        elif isinstance(kind, tuple):  # ("transposed", dtype): a view of the keep-mask
+            found = self._on_device(kind[1], device).mT
+        else:
+            found = torch.where(self.held, 0, -1).to(kind).to(device)  # -1: all bits set
+        if not self._large() or kind == "bits":
             self._on[key] = found
         return found
 
     def held_values(self, t: Tensor) -> Tensor:
-        held = self._on_device("held", t.device).expand(t.shape)
-        return t.detach()[held]
+        return t.detach()[self._on_device("held", t.device).expand(t.shape)]
+
+    def restrict(
+        self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]
+    ) -> Pattern:
+        # Only the block's bits are unpacked: a shard never expands the whole mask.
+        k = len(self.shape)
+        lead = len(shape) - k
+        rows = slice(offset[lead], offset[lead] + local[lead])
+        per_row = self.shape[1:].numel()
+        block = _unpack(self.bits, rows.start * per_row, rows.stop * per_row)
+        block = block.view(local[lead], *self.shape[1:]) if k > 1 else block
+        cut = zip(offset[lead + 1 :], local[lead + 1 :], strict=True)
+        block = block[(slice(None), *(slice(o, o + n) for o, n in cut))]
+        return Mask(~block)  # broadcast over the batch dimensions, as the whole mask is
 
     def tensors(self) -> list[Tensor]:
-        return [self.held, *self._on.values()]
+        return [self.bits, *self._on.values()]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mask) and (other is self or torch.equal(other.held, self.held))
+        return isinstance(other, Mask) and (
+            other is self or (other.shape == self.shape and torch.equal(other.bits, self.bits))
+        )
 
     def __hash__(self) -> int:
-        return hash(("Mask", tuple(self.held.shape), int(self.held.sum())))
+        return hash(("Mask", tuple(self.shape), self.count))
 
     def __repr__(self) -> str:
-        return f"Mask(shape={tuple(self.held.shape)}, held={int(self.held.sum())})"
+        return f"Mask(shape={tuple(self.shape)}, held={self.count})"
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "Mask", "held": self.held}
+        return {"type": "Mask", "shape": list(self.shape), "bits": self.bits}
 
     def __getstate__(self) -> dict:
-        return {"held": self.held}
+        return {"shape": tuple(self.shape), "bits": self.bits, "count": self.count}
 
     def __setstate__(self, state: dict) -> None:
-        self.held, self._on = state["held"], {}
+        if "held" in state:  # pickled by torch-hollow 0.1.0: the bool mask itself
+            self.__init__(~state["held"])  # type: ignore[misc]
+        else:
+            self._setup(state["shape"], state["bits"], state["count"])
+
+
+LARGE = 1 << 20
+"""Entries from which a `Mask` keeps nothing but its packed bits."""
+
+_CHUNK_BYTES = 64 << 20
+_SLACK = 4096  # the array headers and the last byte's few entries, within the same budget
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def _pack(held: Tensor) -> Tensor:
+    """``held`` (bool, CPU) packed 8 entries to a byte, the first in the lowest bit."""
+    flat = held.reshape(-1)
+    try:
+        import numpy
+
+        return torch.from_numpy(numpy.packbits(flat.numpy(), bitorder="little"))
+    except ImportError:
+        padded = torch.zeros((flat.numel() + 7) // 8 * 8, dtype=torch.uint8)
+        padded[: flat.numel()] = flat
+        return (padded.view(-1, 8) << _SHIFTS).sum(1, dtype=torch.uint8)
+
+
+def _unpack(bits: Tensor, start: int, stop: int) -> Tensor:
+    """Entries ``start:stop`` of packed ``bits``, as a new bool tensor on their device."""
+    chunk = bits[start // 8 : (stop + 7) // 8]
+    shifts = _SHIFTS.to(bits.device)
+    expanded = ((chunk.unsqueeze(1) >> shifts) & 1).view(-1).bool()
+    return expanded[start % 8 : start % 8 + stop - start]
+
+
+_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _keep_table(ints: torch.dtype, device: torch.device) -> Tensor:
+    """Row b: the keep-masks of the 8 entries packed in byte b (0 where held, all ones free).
+
+    One table per integer width and device, shared by every mask (4 KiB at most).
+    """
+    key = (ints, torch.device(device))
+    table = _TABLES.get(key)
+    if table is None:
+        held = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).bool()
+        table = _TABLES[key] = torch.where(held, 0, -1).to(ints).to(device)
+    return table
+
+
+def _and_packed_numpy(alias: Any, chunk: tuple[Tensor, int]) -> None:
+    # The CPU pass of a large mask: rows of whole masks (a NumPy alias of the weight's integer
+    # view), one table lookup and one AND per chunk of packed bytes.
+    import numpy
+
+    bits, step = chunk
+    table = _keep_table(torch.from_numpy(alias[:0]).dtype, torch.device("cpu")).numpy()
+    packed = bits.numpy()
+    whole = alias.shape[1] // 8
+    buffer = numpy.empty((min(step, whole), 8), dtype=alias.dtype)
+    for row in alias:
+        body = row[: whole * 8].reshape(-1, 8)
+        for start in range(0, whole, step):
+            stop = min(whole, start + step)
+            out = buffer[: stop - start]  # mode="clip": no second buffer to check indices
+            keep = numpy.take(table, packed[start:stop], axis=0, out=out, mode="clip")
+            numpy.bitwise_and(body[start:stop], keep, out=body[start:stop])
+        if whole * 8 < row.size:
+            numpy.bitwise_and(
+                row[whole * 8 :],
+                table[packed[whole], : row.size - whole * 8],
+                out=row[whole * 8 :],
+            )
 
 
 # The signed integer dtype of each floating element width, for Mask's bitwise AND.
@@ -530,7 +718,13 @@ def from_spec(spec: dict[str, Any]) -> Pattern:
             return StackedDiagonal(int(spec["blocks"]), int(spec["offset"]))
         if kind == "BlockDiagonal":
             return BlockDiagonal(spec["rows"], spec["cols"])
-        if kind == "Mask":
+        if kind == "Mask" and "bits" in spec:
+            mask = Mask.__new__(Mask)
+            bits = spec["bits"]
+            count = int(_unpack(bits, 0, torch.Size(spec["shape"]).numel()).sum())
+            mask._setup(spec["shape"], bits, count)
+            return mask
+        if kind == "Mask":  # written by torch-hollow 0.1.0
             return Mask(~spec["held"])
         if kind == "Union":
             return Union(tuple(from_spec(p) for p in spec["parts"]))
