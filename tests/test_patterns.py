@@ -469,3 +469,18 @@ def test_a_large_mask_zeroing_allocates_at_most_an_eighth_of_the_weight():
     tracemalloc.stop()
     assert 0 < peak <= layer.weight.nbytes // 8
     assert_bitwise_zero(layer.weight, held)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_large_mask_without_numpy_zeroes_with_torch_ops(dtype, monkeypatch):
+    # the accelerator path (plain torch ops), run on the CPU by hiding NumPy from the mask
+    import torch_hollow.patterns as patterns
+
+    monkeypatch.setattr(patterns, "numpy_alias", lambda t: None)
+    held = _big_held(2)
+    pattern = Mask(~held)
+    t = torch.randn(*BIG).to(dtype)
+    t.view(-1)[:4] = torch.tensor([float("nan"), -0.0, float("inf"), 1.0])
+    expected = torch.where(held, torch.zeros((), dtype=dtype), t)
+    assert pattern.cpu_writers(t) is None
+    assert torch.equal(pattern.zero_(t).view(torch.uint8), expected.view(torch.uint8))
