@@ -314,11 +314,34 @@ def _from_param_groups(w, make, run):
     return w, make(groups), w.c.weight
 
 
+# Events that hand the optimizer a parameter it was not built with.
+NEW_PARAMS = {
+    "add-param-group",
+    "replace-list",
+    "replace-list-freed-first",
+    "swap-hollow-to-plain-and-back",
+    "swap-in-place",
+    "swap-plain-to-hollow",
+    "swap-slice",
+}
+EAGER_ADAGRAD = (
+    "this torch's Adagrad makes its state when built, so a parameter swapped in has none "
+    "(KeyError 'sum' in torch's step, before any guard runs)"
+)
+
+
+def _adagrad_state_made_at_construction() -> bool:
+    p = torch.nn.Parameter(torch.zeros(1))
+    return "sum" in torch.optim.Adagrad([p]).state[p]
+
+
 @pytest.mark.parametrize("event", sorted(EVENTS))
 @pytest.mark.parametrize("opt_name", ALL_OPTIMIZERS)
 def test_held_entries_are_zero_after_each_step_following(event, opt_name, device):
     if opt_name == "LBFGS" and event in NOT_FOR_LBFGS:
         pytest.skip(NOT_FOR_LBFGS[event])
+    if opt_name == "Adagrad" and event in NEW_PARAMS and _adagrad_state_made_at_construction():
+        pytest.skip(EAGER_ADAGRAD)
     torch.manual_seed(0)
     world = World(bias=opt_name not in MATRIX).to(device)
     run = Run(world)

@@ -32,7 +32,8 @@ refused             hooks, under ``torch.compile``, with a   a `HollowError`: a 
                                                              runs the forward eagerly (the copy
                                                              path); with ``fullgraph=True`` it
                                                              raises ``Unsupported``, caused by
-                                                             the `HollowError`
+                                                             the `HollowError` (whose message
+                                                             torch 2.8's dynamo drops)
 ==================  =======================================  ===================================
 
 Private torch internals the paths rely on live here too: the autograd node's hook dict
@@ -214,10 +215,11 @@ def _hook(t: Tensor, fn: Callable[[Tensor], None]) -> None:
 
 class _MaskedGradLinear(torch.autograd.Function):
     # Classic ctx style: the autocast cast happens outside, in `_traced_linear`.
+    # Given the rule's grad_pattern, a Pattern (a frozen dataclass, which every dynamo rebuilds).
     @staticmethod
-    def forward(ctx, input, weight, bias, rule):  # type: ignore[override]
+    def forward(ctx, input, weight, bias, pattern):  # type: ignore[override]
         ctx.save_for_backward(input, weight)
-        ctx.rule = rule
+        ctx.pattern = pattern
         return F.linear(input, weight, bias)
 
     @staticmethod
@@ -229,20 +231,21 @@ class _MaskedGradLinear(torch.autograd.Function):
             grad_input = grad @ weight
         if ctx.needs_input_grad[1]:
             grad_weight = flat_grad.t() @ input.reshape(-1, input.shape[-1])
-            ctx.rule.mask_grad_(grad_weight)
+            if ctx.pattern is not None:
+                ctx.pattern.zero_(grad_weight)
         if ctx.needs_input_grad[2]:
             grad_bias = flat_grad.sum(0)
         return grad_input, grad_weight, grad_bias, None
 
 
 def _traced_linear(input: Tensor, weight: Tensor, bias: Tensor | None, rule: Rule) -> Tensor:
-    device = input.device.type
+    device, masked = input.device.type, rule.grad_pattern
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         with torch.autocast(device, enabled=False):
             cast_bias = None if bias is None else bias.to(dtype)
-            return _MaskedGradLinear.apply(input.to(dtype), weight.to(dtype), cast_bias, rule)
-    return _MaskedGradLinear.apply(input, weight, bias, rule)
+            return _MaskedGradLinear.apply(input.to(dtype), weight.to(dtype), cast_bias, masked)
+    return _MaskedGradLinear.apply(input, weight, bias, masked)
 
 
 def graph_writes_allowed() -> bool:

@@ -31,7 +31,7 @@ __all__ = ["Plan", "Rule", "Zeros"]
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -130,10 +130,10 @@ class Zeros(Rule):
     """
 
     pattern: Pattern
-    grad_pattern: Pattern = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "grad_pattern", self.pattern)  # read on every eager forward
+    @property
+    def grad_pattern(self) -> Pattern:  # type: ignore[override]
+        return self.pattern
 
     def plan(self, stored: Tensor) -> Plan:
         writers = self.pattern.cpu_writers(stored)
