@@ -2,6 +2,7 @@
 
     pip install transformers                  # the model is built from a config: no download
     python examples/sparse_finetune.py [--steps N] [--seed S] [--json out.json] [--big]
+                                       [--tiny] [--clip 1.0] [--threads 2]
 
 1. **Pretrain** a small ``LlamaForCausalLM(LlamaConfig(...))`` (hidden 128, 4 layers,
    intermediate 352, vocabulary 256: one token per byte) on the CPython standard library's own
@@ -118,6 +119,7 @@ class Config:
     steps: int = 50  # fine-tuning steps
     lr: float = 1e-3
     weight_decay: float = 0.1
+    clip: float | None = None  # fine-tuning's clip_grad_norm_ (Trainer's default is 1.0)
     calib_batches: int = 8
     eval_windows: int = 96
     files: int | None = None  # None: every top-level .py file of the standard library
@@ -333,11 +335,13 @@ def start(method: str, pruned: nn.Module, names: list[str], cfg: Config) -> Run:
     return Run(method, model, opt, after_step, outside, [], [])
 
 
-def step(run: Run, batch: Tensor) -> None:
+def step(run: Run, batch: Tensor, clip: float | None = None) -> None:
     begin = time.perf_counter()
     run.opt.zero_grad()
     loss = loss_of(run.model, batch)
     loss.backward()
+    if clip is not None:  # mask-mul's norm also counts the pruned entries' gradients
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
     run.opt.step()
     if run.after_step is not None:
         run.after_step()
@@ -356,7 +360,7 @@ def finetune(
         order = list(runs.values())
         for run in order[s % len(order) :] + order[: s % len(order)]:
             torch.manual_seed(seed + 3 + s)  # no dropout here; the same seed all the same
-            step(run, batch)
+            step(run, batch, cfg.clip)
     return runs
 
 
@@ -638,12 +642,14 @@ def main() -> None:
     parser.add_argument("--json", help="write the records to this file")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long configuration")
     parser.add_argument("--big", action="store_true", help="add the 7B-layer rows (~2 min)")
+    parser.add_argument("--clip", type=float, help="clip_grad_norm_ while fine-tuning")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TINY if args.tiny else Config()
-    if args.steps is not None:
-        cfg = Config(**{**asdict(cfg), "steps": args.steps})
+    if args.steps is not None or args.clip is not None:
+        steps = cfg.steps if args.steps is None else args.steps
+        cfg = Config(**{**asdict(cfg), "steps": steps, "clip": args.clip})
     result = experiment(cfg, args.seed)
     t0 = time.perf_counter()
     big = big_rows(seed=args.seed) if args.big else []

@@ -112,6 +112,20 @@ def test_the_three_methods_train_the_same_function(result, sparsity):
     assert records["none"]["losses"] != reference["losses"]
 
 
+def test_clipping_sets_mask_mul_apart(result):
+    """Under clip_grad_norm_ (Trainer's default), mask-mul's gradient norm also counts the
+    pruned entries, so it clips by another factor: its trajectory leaves the other two."""
+    from dataclasses import replace
+
+    cfg = replace(sf.TINY, clip=0.05)  # small enough to clip at every step
+    train, _ = sf.stdlib_text(cfg.files)
+    runs = sf.finetune(result["pruned"]["2:4"], result["names"], train, cfg, 0, HELD)
+    losses = {m: r.losses for m, r in runs.items()}
+    assert losses["prune"] == losses["torch-hollow"]
+    assert losses["mask-mul"][0] == losses["torch-hollow"][0]  # the loss before any step
+    assert losses["mask-mul"] != losses["torch-hollow"]
+
+
 def test_records_have_the_documented_keys_and_report_what_the_test_reads(result, tmp_path):
     out = sf.write_json(tmp_path / "out.json", result, [], sf.TINY, 0)
     loaded = json.loads((tmp_path / "out.json").read_text())
