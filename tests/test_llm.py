@@ -360,3 +360,18 @@ def test_where_chooses_modules_by_qualified_name():
     counts = _train(model, [_adamw(model.parameters())], kept)
     _check(model, kept, start, counts, keep=True)
     _check(model, others, start, [_not_zero(dict(model.named_parameters()), others)], keep=False)
+
+
+def test_negative_zeros_from_pruning_by_multiplication_are_held_as_plus_zero():
+    model = _llama()
+    pruned = _prune(model, "unstructured")
+    params = dict(model.named_parameters())
+    with torch.no_grad():  # ``w * mask`` gives -0.0 where w < 0; here at every pruned position
+        for name, mask in pruned.items():
+            params[name].masked_fill_(mask, -0.0)
+    assert _not_zero(params, pruned) == sum(int(m.sum()) for m in pruned.values())
+    th.keep_zeros_(model)
+    assert _not_zero(dict(model.named_parameters()), pruned) == 0  # +0.0 at once
+    start = _snapshot(model)
+    counts = _train(model, [_adamw(model.parameters())], pruned)
+    _check(model, pruned, start, counts, keep=True)
