@@ -13,9 +13,9 @@
    (forward hooks), the lowest scores of each output row zeroed, layer after layer as the
    reference code does (each layer's calibration inputs come through the layers pruned before
    it). Both 50 % unstructured (half of each row) and 2:4 (the 2 lowest of every 4 consecutive
-   inputs of a row). Wanda is written here (``wanda_``, 20 lines): the maintained package that
-   has it, llm-compressor, runs it inside its ``oneshot`` pipeline over a ``datasets`` data
-   set, a heavy dependency for a few lines of arithmetic.
+   inputs of a row). Wanda is written here (``wanda_`` and ``prune_rows_``, about 30 lines):
+   the maintained package that has it, llm-compressor, runs it inside its ``oneshot`` pipeline
+   over a ``datasets`` data set, a heavy dependency for a few lines of arithmetic.
 3. **Fine-tune three ways** from the same pruned checkpoint, same batches, same steps, AdamW
    with weight decay (and a fourth, ``none``, plain AdamW, to show what leaks):
 
@@ -25,25 +25,31 @@
    - ``prune``: ``torch.nn.utils.prune.custom_from_mask`` on each pruned weight.
 
    The models step in turn, one step each (the order rotating), so the step times meet the
-   same machine load.
+   same machine load. No gradient clipping by default: ``--clip 1.0`` (Trainer's default) sets
+   mask-mul apart, since its gradient norm also counts the pruned entries' gradients.
 4. **Report** a markdown table on stdout and, with ``--json PATH``, ``{"conditions": {...},
    "records": [...], "big": [...]}``. One record per (sparsity, method) with the keys of
-   ``RECORD_KEYS``: held-out perplexity of the dense, the pruned and the fine-tuned model; the
-   largest |value| stored on a pruned entry (``max_pruned_stored``: the parameter the optimizer
-   writes, prune's ``weight_orig``; ``max_pruned_computed``: the weight the forward reads,
-   prune's computed ``weight``), how many pruned entries are non-zero and how many are -0.0;
-   the bytes of tensors each method keeps beyond the dense model (prune's ``weight_mask`` and
-   computed ``weight``, mask-mul's bool masks, torch-hollow's ``rules_of(m)["weight"].pattern
-   .tensors()``) in all and per pruned-weight entry; the saved state dict's bytes, key count and
-   keys the dense model does not have; what ``torch_hollow.audit`` reads from the saved state
-   dict; the median step time; the loss of every step. ``big`` has one record per method at the
-   shapes of one Llama-7B decoder layer (hidden 4096, intermediate 11008, bf16, random init,
-   50 % unstructured by magnitude per row, a batch of 1 x 16 tokens): extra bytes, per entry,
-   and the median step time (``BIG_KEYS``).
+   ``RECORD_KEYS``: held-out perplexity of the dense, the pruned and the fine-tuned model, and
+   of the dense model fine-tuned the same way (``ppl_dense_finetuned``: how much is just more
+   training); the largest |value| stored on a pruned entry (``max_pruned_stored``: the
+   parameter the optimizer writes, prune's ``weight_orig``; ``max_pruned_computed``: the weight
+   the forward reads, prune's computed ``weight``), how many pruned entries are non-zero and
+   how many are -0.0; the bytes of tensors each method keeps beyond the dense model (prune's
+   ``weight_mask`` and computed ``weight``, mask-mul's bool masks, torch-hollow's
+   ``rules_of(m)["weight"].pattern.tensors()``) in all and per pruned-weight entry; the saved
+   state dict's bytes, key count and keys the dense model does not have; what
+   ``torch_hollow.audit`` reads from the saved state dict; the median and the fastest step
+   time; the loss of every step. ``big`` has one record per method at the shapes of one
+   Llama-7B decoder layer (hidden 4096, intermediate 11008, bf16, random init, 50 %
+   unstructured by magnitude per row, a batch of 1 x 16 tokens): extra bytes, per entry, the
+   median and fastest step time, and the pruned entries left non-zero (``BIG_KEYS``).
 
-Time on the 2-core machine this was written on (2 threads, shared with other jobs): the default
-run (pretraining 250 steps, 2 x 4 fine-tunes of 60 steps) takes about 4 minutes; ``--big`` adds
-about 2 minutes (4 steps of each method on a 0.4 GB bf16 layer); ``--tiny`` takes seconds.
+Time on the 2-core machine this was written on (2 threads): a training step of the small model
+takes about 65 ms alone, so the default run (pretraining 300 steps, 1 + 2 x 4 fine-tunes of 50
+steps) takes about 1 minute on idle cores and about 5 minutes while other jobs share them;
+``--big`` adds 1-2 minutes and about 8 GB of memory (the four 0.4 GB bf16 layers, their
+gradients and AdamW states, alive together for the interleaved steps), so it is not part of the
+default run; ``--tiny`` takes seconds.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ RECORD_KEYS = (
     "ppl_dense",
     "ppl_pruned",
     "ppl_finetuned",
+    "ppl_dense_finetuned",
     "max_pruned_stored",
     "max_pruned_computed",
     "pruned_nonzero",
@@ -422,6 +429,10 @@ def experiment(cfg: Config, seed: int = 0, log=print, methods=METHODS) -> dict:
     )
     dense_keys = set(model.state_dict())
     dense_bytes = tensor_bytes(model)
+    # the same fine-tuning from the dense model: how much of the recovery is more training
+    ppl_dense_finetuned = perplexity(
+        finetune(model, [], train, cfg, seed, ("none",))["none"].model, held
+    )
     records, models, checkpoints = [], {}, {}
     for sparsity in SPARSITIES:
         t1 = time.perf_counter()
@@ -436,6 +447,7 @@ def experiment(cfg: Config, seed: int = 0, log=print, methods=METHODS) -> dict:
                 "ppl_dense": ppl_dense,
                 "ppl_pruned": ppl_pruned,
                 "ppl_finetuned": perplexity(run.model, held),
+                "ppl_dense_finetuned": ppl_dense_finetuned,
                 **measure(run, pruned_at, dense_keys, dense_bytes),
             }
             records.append(record)
@@ -459,7 +471,7 @@ def experiment(cfg: Config, seed: int = 0, log=print, methods=METHODS) -> dict:
 
 
 def big_rows(
-    steps: int = 4,
+    steps: int = 6,
     tokens: int = 16,
     seed: int = 0,
     hidden: int = 4096,
@@ -479,6 +491,7 @@ def big_rows(
         num_attention_heads=heads,
         num_key_value_heads=heads,
         max_position_embeddings=tokens,
+        attn_implementation="sdpa",  # a standalone layer: no model to choose it
     )
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
@@ -569,7 +582,9 @@ def format_table(records: list[dict]) -> str:
             f"{r['state_dict_bytes']:,} B ({r['state_dict_keys']}, "
             f"{len(r['keys_not_in_dense'])}) | {r['step_ms']:.1f} ({r['step_ms_min']:.1f}) |"
         )
-    return "\n".join([head, *rows])
+    dense = records[0]["ppl_dense_finetuned"]
+    tail = f"\nthe dense model fine-tuned the same steps, the same way: perplexity {dense:.3f}"
+    return "\n".join([head, *rows]) + tail
 
 
 def format_big(rows: list[dict]) -> str:
