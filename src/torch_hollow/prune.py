@@ -20,6 +20,7 @@ from torch.nn.utils import prune
 from . import shards
 from .constrain import check_hold, hold_, hollow_, remove, rules_of
 from .errors import HollowError, HollowWarning, located
+from .nn import HollowLinear
 from .patterns import Mask
 from .rules import Zeros
 
@@ -153,7 +154,9 @@ def keep_zeros_(
     Args:
         model: any module; itself included.
         where: ``(qualified_name, module) -> bool`` choosing the modules whose ``weight`` is
-            held; default: every module whose type is exactly ``nn.Linear`` (as `convert`).
+            held; default: every module whose type is exactly ``nn.Linear`` (as `convert`),
+            and every `HollowLinear` (an ``nn.Linear`` already held: refused unless its rule
+            is already these zeros).
 
     Returns:
         ``model``.
@@ -176,7 +179,10 @@ def keep_zeros_(
     """
     plan, dense = [], []
     for qualified, module in list(model.named_modules()):
-        chosen = type(module) is nn.Linear if where is None else bool(where(qualified, module))
+        if where is None:
+            chosen = type(module) is nn.Linear or isinstance(module, HollowLinear)
+        else:
+            chosen = bool(where(qualified, module))
         if not chosen:
             continue
         path = qualified or type(module).__name__
