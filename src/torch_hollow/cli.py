@@ -159,11 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torch-hollow`` console script."""
     parser = argparse.ArgumentParser(prog="torch-hollow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_check, _add_bench):
+        add(sub)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="show the naive recipes failing and torch-hollow holding")
     demo.add_argument("--steps", type=int, default=50, help="optimizer steps (default 50)")
     demo.add_argument("--dim", type=int, default=16, help="layer size (default 16)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
     check = sub.add_parser(
         "check",
         help="audit a checkpoint: exit 1 if a held entry is non-zero",
@@ -202,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         help="allow a pickled model (torch.load weights_only=False)",
     )
     check.set_defaults(run=_check)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="time and check the zero-diagonal recipes side by side")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -235,5 +248,3 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     bench.add_argument("--plot", metavar="PATH.png", help="grouped bars of the ratios")
     bench.set_defaults(run=_bench)
-    args = parser.parse_args(argv)
-    return args.run(args)
