@@ -515,7 +515,9 @@ def big_rows(
     for method in METHODS:
         layer = copy.deepcopy(base)
         after_step, outside = hold(method, layer, names)
-        opt = torch.optim.AdamW(layer.parameters(), lr=1e-5, weight_decay=0.1)
+        # lr 1e-3: AdamW's first steps (~lr) must exceed bf16's spacing at |w| ~ 0.01 (~6e-5),
+        # or the stored weights never change and the steps time a no-op write
+        opt = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=0.1)
         runs[method] = Run(method, layer, opt, after_step, outside, [], [])
     del base
     for s in range(steps):
@@ -619,11 +621,21 @@ def trajectories(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def conditions(cfg: Config, seed: int, seconds: float) -> dict:
     import transformers
 
     return {
-        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "machine": f"{platform.machine()} {_cpu_name()}".strip(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
