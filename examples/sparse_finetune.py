@@ -44,12 +44,12 @@
    unstructured by magnitude per row, a batch of 1 x 16 tokens): extra bytes, per entry, the
    median and fastest step time, and the pruned entries left non-zero (``BIG_KEYS``).
 
-Time on the 2-core machine this was written on (2 threads): a training step of the small model
-takes about 65 ms alone, so the default run (pretraining 300 steps, 1 + 2 x 4 fine-tunes of 50
-steps) takes about 1 minute on idle cores and about 5 minutes while other jobs share them;
-``--big`` adds 1-2 minutes and about 8 GB of memory (the four 0.4 GB bf16 layers, their
-gradients and AdamW states, alive together for the interleaved steps), so it is not part of the
-default run; ``--tiny`` takes seconds.
+Time on the 2-core machine this was written on (2 threads, shared with other jobs): a training
+step of the small model takes 55-70 ms, so the default run (pretraining 300 steps, 1 + 2 x 4
+fine-tunes of 50 steps) takes about 1 minute at a load average of 2, and up to 5 minutes when
+other jobs take the cores; ``--big`` adds about 1 minute and peaks at 9 GB resident (the four
+0.4 GB bf16 layers with their gradients and AdamW states alive together for the interleaved
+steps), so it is not part of the default run; ``--tiny`` takes a few seconds.
 """
 
 from __future__ import annotations
