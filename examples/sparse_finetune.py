@@ -157,8 +157,7 @@ def stdlib_text(files: int | None = None) -> tuple[Tensor, Tensor]:
     train, held = bytearray(), bytearray()
     for i, path in enumerate(paths):
         (held if i % 10 == 9 else train).extend(path.read_bytes())
-    as_tokens = lambda b: torch.frombuffer(b, dtype=torch.uint8).long()  # noqa: E731
-    return as_tokens(train), as_tokens(held)
+    return tuple(torch.frombuffer(b, dtype=torch.uint8).long() for b in (train, held))
 
 
 def windows(stream: Tensor, count: int, seq: int, gen: torch.Generator | None = None) -> Tensor:
