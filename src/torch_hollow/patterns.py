@@ -19,6 +19,7 @@ __all__ = [
 ]
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -574,7 +575,7 @@ LARGE = 1 << 20
 """Entries from which a `Mask` keeps nothing but its packed bits."""
 
 _CHUNK_BYTES = 64 << 20
-_SLACK = 4096  # the array headers and the last byte's few entries, within the same budget
+_SLACK = 16 << 10  # array headers, the threads' work items, the last byte's entries
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
@@ -617,27 +618,50 @@ def _keep_table(ints: torch.dtype, device: torch.device) -> Tensor:
 
 def _and_packed_numpy(alias: Any, chunk: tuple[Tensor, int]) -> None:
     # The CPU pass of a large mask: rows of whole masks (a NumPy alias of the weight's integer
-    # view), one table lookup and one AND per chunk of packed bytes.
-    import numpy
-
+    # view), one table lookup and one AND per chunk of packed bytes. NumPy runs both without
+    # the GIL, so the bytes are split between torch's intra-op threads, each within its share
+    # of the budget.
     bits, step = chunk
     table = _keep_table(torch.from_numpy(alias[:0]).dtype, torch.device("cpu")).numpy()
     packed = bits.numpy()
     whole = alias.shape[1] // 8
-    buffer = numpy.empty((min(step, whole), 8), dtype=alias.dtype)
+    parts = max(1, min(torch.get_num_threads(), _MAX_THREADS, whole // _MIN_PART))
+    bounds = [whole * k // parts for k in range(parts + 1)]
+    ranges = list(itertools.pairwise(bounds))
     for row in alias:
         body = row[: whole * 8].reshape(-1, 8)
-        for start in range(0, whole, step):
-            stop = min(whole, start + step)
-            out = buffer[: stop - start]  # mode="clip": no second buffer to check indices
-            keep = numpy.take(table, packed[start:stop], axis=0, out=out, mode="clip")
-            numpy.bitwise_and(body[start:stop], keep, out=body[start:stop])
+        if parts == 1:
+            _and_range(body, packed, table, 0, whole, step)
+        else:
+            work = [(body, packed, table, lo, hi, max(1, step // parts)) for lo, hi in ranges]
+            list(_pool().map(lambda args: _and_range(*args), work))
         if whole * 8 < row.size:
-            numpy.bitwise_and(
-                row[whole * 8 :],
-                table[packed[whole], : row.size - whole * 8],
-                out=row[whole * 8 :],
-            )
+            tail = row[whole * 8 :]
+            tail &= table[packed[whole], : tail.size]
+
+
+def _and_range(body: Any, packed: Any, table: Any, lo: int, hi: int, step: int) -> None:
+    import numpy
+
+    buffer = numpy.empty((min(step, hi - lo), 8), dtype=body.dtype)
+    for start in range(lo, hi, step):
+        stop = min(hi, start + step)
+        out = buffer[: stop - start]  # mode="clip": no second buffer to check indices
+        keep = numpy.take(table, packed[start:stop], axis=0, out=out, mode="clip")
+        numpy.bitwise_and(body[start:stop], keep, out=body[start:stop])
+
+
+_MAX_THREADS = 8
+_MIN_PART = 1 << 16  # packed bytes (half a million entries): below, one thread
+_POOL: list[Any] = []
+
+
+def _pool() -> Any:
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(_MAX_THREADS, thread_name_prefix="torch_hollow"))
+    return _POOL[0]
 
 
 # The signed integer dtype of each floating element width, for Mask's bitwise AND.
