@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from . import _hooks
 from ._state import KEY, Held
 from .rules import Zeros
 
@@ -30,29 +31,12 @@ class _Cache(dict):
         return _Cache, ()
 
 
-def _hooks(name: str) -> Callable[[], object]:
-    def resolve() -> object:
-        from . import _hooks
-
-        return getattr(_hooks, name)
-
-    return resolve
+def _hook(name: str) -> Callable[[], object]:
+    return lambda: getattr(_hooks, name)
 
 
 GUARD_NAMES: dict[str, Callable[[], object]] = {
-    **{
-        name: _hooks(name)
-        for name in (
-            "_pre_forward",
-            "_post_forward",
-            "_pre_save",
-            "_post_save",
-            "_pre_load",
-            "_post_load",
-            "_mask_grad",
-            "_ScriptRefusal",
-        )
-    },
+    **{name: _hook(name) for name in _hooks.HOOKS},  # the same names, moved to _hooks
     "_Owned": lambda: _Owned,
     "_Cache": lambda: _Cache,
 }
