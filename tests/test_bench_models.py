@@ -11,7 +11,8 @@ from conftest import assert_bitwise_zero
 
 from torch_hollow import HollowError
 from torch_hollow.cli import main
-from torch_hollow.tools.bench_models import bench_models, format_model_rows
+from torch_hollow.tools.bench_models import _ModelCase, bench_models, format_model_rows
+from torch_hollow.tools.measure import held_max
 from torch_hollow.tools.model_recipes import MODELS, held_entries
 
 
@@ -48,6 +49,11 @@ def test_torch_hollow_stores_and_uses_exact_zeros(rows):
     assert by["notears-mlp", "fc1 W*mask"].forward_held == 0.0
     assert by["golem", "W*(1-I)"].stored_held == 0.0
     assert by["mlp", "plain"].forward_held > 0  # plain learns its diagonal
+    # p.mul_(mask) after each step: |held| reads 0.0, -0.0 included (see the test below).
+    assert (
+        by["sparse-llm", "p.mul_(mask)"].stored_held,
+        by["sparse-llm", "p.mul_(mask)"].forward_held,
+    ) == (0.0, 0.0)
 
 
 def test_loss_trajectories_agree_where_the_function_is_the_same(rows):
@@ -74,6 +80,23 @@ def test_the_peers_masks_are_the_models_own():
     for name, size in (("golem", {"d": 5}), ("mlp", {"width": 5, "depth": 2})):
         for _, _, held in held_entries(MODELS[name].peer(**size)):
             assert torch.equal(held, torch.eye(5, dtype=torch.bool))
+    # sparse-llm: the pruning's own masks, half of each row of every decoder projection (7 per
+    # layer), on the smallest |w| of the unpruned weight drawn from the same seed.
+    llm = MODELS["sparse-llm"]
+    size, _ = llm.sized(tiny=True)
+    torch.manual_seed(0)
+    peer = llm.peer(**size)
+    entries = held_entries(peer)
+    assert len(entries) == 7 * size["layers"]
+    torch.manual_seed(0)
+    dense = type(peer.lm)(peer.lm.config)
+    for name, (_, _, held) in zip(peer.pruned, entries, strict=True):
+        assert ".layers." in f".{name}" and (held.sum(1) == held.shape[1] // 2).all()
+        w = dense.get_parameter(name).detach().abs()
+        assert (
+            w[held].view(-1, held.shape[1] // 2).amax(1)
+            <= w[~held].view(held.shape[0], -1).amin(1)
+        ).all()
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -119,3 +142,23 @@ def test_unknown_models_are_refused(capsys):
     assert "unknown model(s) ['vae']" in capsys.readouterr().err
     with pytest.raises(HollowError, match="unknown model"):
         bench_models(["vae"])
+
+
+def test_sparse_llm_held_entries_after_adamw_steps():
+    # Lockstep AdamW steps as the bench takes them: torch-hollow stores +0.0 on every pruned
+    # entry; the peer's p.mul_(mask) stores 0.0 with the sign of the step (-0.0 on about half),
+    # which the held columns read as 0.0 (they take |value|).
+    model = MODELS["sparse-llm"]
+    cases = [
+        _ModelCase(model, b, True, False, torch.device("cpu")) for b in (model.peer, model.hollow)
+    ]
+    losses = [[case.step().item() for _ in range(3)] for case in cases]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    peer, hollow = (held_entries(case.module) for case in cases)
+    for (stored_peer, _, held), (stored, _, held_hollow) in zip(peer, hollow, strict=True):
+        assert torch.equal(held, held_hollow)
+        assert_bitwise_zero(stored, held)
+        assert (stored_peer.detach()[held] == 0).all()
+    negative = sum(int(torch.signbit(p.detach()[held]).sum()) for p, _, held in peer)
+    assert negative > 0  # -0.0: the peer's entries are 0.0, not +0.0
+    assert held_max((p, held) for p, _, held in peer) == 0.0

@@ -238,7 +238,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="all",
         help="time whole training steps of real models against what their users write "
-        "instead: all, or some of maf,golem,notears-mlp,mlp (the layer options do not apply)",
+        "instead: all, or some of maf,golem,notears-mlp,mlp,sparse-llm (the layer options do not "
+        "apply; sparse-llm needs transformers)",
     )
     bench.add_argument("--tiny", action="store_true", help="with --models: tiny sizes (tests)")
     bench.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

@@ -1,6 +1,6 @@
 """Whole training steps of real models: torch-hollow against what each model's users write.
 
-The models (a MAF, a GOLEM SEM, a NOTEARS-MLP, a 4-layer MLP) are those of
+The models (a MAF, a GOLEM SEM, a NOTEARS-MLP, a 4-layer MLP, a pruned Llama) are those of
 `torch_hollow.tools.model_recipes`; each is timed interleaved with its peer, as
 `torch_hollow.tools.bench.bench` times a layer against plain ``nn.Linear``.
 """
@@ -32,7 +32,7 @@ class ModelRow:
     mode: str  # "eager" or "compiled"
     recipe: str  # what the peer writes (e.g. "W*mask"), or "torch-hollow"
     forward_us: float  # the loss under no_grad
-    step_us: float  # zero_grad, loss, backward, Adam step
+    step_us: float  # zero_grad, loss, backward, optimizer step (and the peer's after_step)
     forward_ratio: float  # median over rounds of this build / the peer
     forward_spread: float  # half the inter-quartile range of those ratios
     step_ratio: float
@@ -48,7 +48,7 @@ class ModelRow:
 
 
 class _ModelCase:
-    """A model's module, its Adam optimizer and one fixed batch: forward and step callables."""
+    """A model's module, its optimizer and one fixed batch: forward and step callables."""
 
     def __init__(
         self,
@@ -62,8 +62,9 @@ class _ModelCase:
         torch.manual_seed(0)  # the peer and torch-hollow start from the same free values
         self.module = build(**size).to(device)
         self.run = torch.compile(self.module) if compiled else self.module
-        self.opt = torch.optim.Adam(self.module.parameters(), lr=1e-3)
-        self.x = model.data(batch, size[model.dim], torch.Generator().manual_seed(0)).to(device)
+        self.opt = model.optimizer(self.module.parameters())
+        self.after_step = getattr(self.module, "after_step", None)  # the peer's re-zeroing
+        self.x = model.data(batch, size, torch.Generator().manual_seed(0)).to(device)
 
     def forward(self) -> None:
         with torch.no_grad():
@@ -74,6 +75,8 @@ class _ModelCase:
         loss = self.run(self.x)
         loss.backward()
         self.opt.step()
+        if self.after_step is not None:
+            self.after_step()
         return loss
 
 
@@ -92,12 +95,14 @@ def bench_models(
     """Time whole training steps of real models, torch-hollow against what their users write.
 
     For each model of `torch_hollow.tools.model_recipes.MODELS` (``maf``, ``golem``,
-    ``notears-mlp``, ``mlp``), the peer and the torch-hollow build start from the same seed,
-    data and Adam optimizer; both first take ``steps`` steps in lockstep (warm-up and
-    compilation), after which the correctness columns are read: the largest |value| on the
-    entries the peer holds (its own masks, for both builds) of the stored weights and of the
-    weights the forward uses (NaN if no entry is held), and the largest relative difference of
-    the two loss trajectories. Then steps and forwards are timed interleaved, round after
+    ``notears-mlp``, ``mlp``, ``sparse-llm``), the peer and the torch-hollow build start from
+    the same seed, data and optimizer (Adam; AdamW with weight decay for ``sparse-llm``, whose
+    peer re-zeroes with ``p.mul_(mask)`` after every step); both first take ``steps`` steps in
+    lockstep (warm-up and compilation), after which the correctness columns are read: the
+    largest |value| on the entries the peer holds (its own masks, for both builds) of the
+    stored weights and of the weights the forward uses (NaN if no entry is held; |-0.0| reads
+    0.0, so a mask-mul peer's -0.0 entries read as held), and the largest relative difference
+    of the two loss trajectories. Then steps and forwards are timed interleaved, round after
     round, as `torch_hollow.tools.bench.bench` does.
 
     Args:
@@ -108,7 +113,7 @@ def bench_models(
         threads: ``torch.set_num_threads`` for the run.
         rounds: interleaved rounds per model and mode.
         round_s: seconds per build per round.
-        steps: lockstep Adam steps before timing (at least 1).
+        steps: lockstep optimizer steps before timing (at least 1).
         progress: called with a line of text as each model starts.
 
     Returns:

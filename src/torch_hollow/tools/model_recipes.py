@@ -3,8 +3,9 @@
 Each `Model` builds a module whose ``forward(x)`` returns the training loss, from a seed, so
 the peer and the torch-hollow build start from the same free values and compute the same
 function (except ``mlp``, whose peer is plain ``nn.Linear``: the cost limit, diagonal free).
-``held_entries`` names, per constrained weight, what is stored, what the forward uses and
-which entries are held, so a benchmark can check both.
+``sparse-llm`` imports transformers when it is built, never before. ``held_entries`` names,
+per constrained weight, what is stored, what the forward uses and which entries are held, so a
+benchmark can check both.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from __future__ import annotations
 __all__ = ["MODELS", "Model", "held_entries"]
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from torch_hollow import HollowLinear, convert, hollow_, rules_of
+from torch_hollow import HollowLinear, convert, hollow_, keep_zeros_, rules_of
 from torch_hollow.patterns import Mask
 
 from .recipes import MaskedLinear, used_weight
 
 Linear = Callable[[Tensor], nn.Module]  # allowed (out, in) -> a linear layer holding ~allowed
+Data = Callable[[int, dict[str, int], torch.Generator], Tensor]  # (batch, size, generator)
 
 
 def _w_times_mask(allowed: Tensor) -> nn.Module:
@@ -158,14 +160,119 @@ def _mlp_hollow(width: int, depth: int) -> nn.Module:
     return convert(Autoencoder(width, depth))
 
 
+# ----------------------------------------------------------------------------- sparse LLM
+
+
+class CausalLM(nn.Module):
+    """A pruned ``LlamaForCausalLM``; loss: next-token cross-entropy on the batch's tokens."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lm(input_ids=x, labels=x).loss
+
+
+class MaskMulLM(CausalLM):
+    """The authors' recipe: a stored bool mask per pruned weight, ``p.mul_(mask)`` after steps.
+
+    ``after_step`` is what their loops call after every ``opt.step()``. The masks are the
+    pruning's own (``kept`` from `_prune_rows_`), not torch-hollow's.
+    """
+
+    def __init__(self, lm: nn.Module, kept: list[tuple[str, Tensor]]) -> None:
+        super().__init__(lm)
+        self.pruned = [name for name, _ in kept]
+        for i, (_, mask) in enumerate(kept):
+            self.register_buffer(f"mask{i}", mask)
+
+    def masks(self) -> Iterator[tuple[nn.Parameter, Tensor]]:
+        """(pruned weight, its kept-entry mask), in module order."""
+        for i, name in enumerate(self.pruned):
+            yield self.lm.get_parameter(name), self.get_buffer(f"mask{i}")
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for p, mask in self.masks():
+            p.mul_(mask)
+
+
+def _in_decoder(name: str, module: nn.Module) -> bool:
+    # The decoder layers' projections; embeddings and lm_head stay dense, as SparseGPT/Wanda.
+    return type(module) is nn.Linear and "layers." in name
+
+
+def _pruned_llama(
+    hidden: int, layers: int, vocab: int, seq: int
+) -> tuple[nn.Module, list[tuple[str, Tensor]]]:
+    """A random-init Llama from a config, its decoder linears pruned; (model, [(name, kept)])."""
+    import transformers  # here, so that import torch_hollow and the other models never need it
+
+    config = transformers.LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(hidden // 64, 2),
+        num_key_value_heads=max(hidden // 64, 2),
+        vocab_size=vocab,
+        max_position_embeddings=seq,
+    )
+    lm = transformers.LlamaForCausalLM(config)
+    return lm, _prune_rows_(lm)
+
+
+def _prune_rows_(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """Zero the half of each row with the smallest |w| of every decoder linear weight.
+
+    Magnitude pruning is a function of the weights, so two builds from one seed prune alike.
+    Returns ``(parameter name, kept-entry mask)`` per pruned weight, in module order.
+    """
+    kept = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if _in_decoder(name, module):
+                w = module.weight
+                smallest = w.abs().argsort(dim=1)[:, : w.shape[1] // 2]
+                mask = torch.ones_like(w, dtype=torch.bool).scatter_(1, smallest, False)
+                w.masked_fill_(~mask, 0.0)
+                kept.append((f"{name}.weight", mask))
+    return kept
+
+
+def _llm_mask_mul(**size: int) -> nn.Module:
+    return MaskMulLM(*_pruned_llama(**size))
+
+
+def _llm_hollow(**size: int) -> nn.Module:
+    lm, _ = _pruned_llama(**size)
+    return keep_zeros_(CausalLM(lm), where=_in_decoder)
+
+
+def _adamw(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
-def _gaussian(batch: int, d: int, gen: torch.Generator) -> Tensor:
-    return torch.randn(batch, d, generator=gen)
+def _gaussian(key: str) -> Data:
+    def draw(batch: int, size: dict[str, int], gen: torch.Generator) -> Tensor:
+        return torch.randn(batch, size[key], generator=gen)
+
+    return draw
 
 
-def _sem_data(batch: int, d: int, gen: torch.Generator) -> Tensor:
+def _tokens(batch: int, size: dict[str, int], gen: torch.Generator) -> Tensor:
+    return torch.randint(0, size["vocab"], (batch, size["seq"]), generator=gen)
+
+
+def _adam(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def _sem_data(batch: int, size: dict[str, int], gen: torch.Generator) -> Tensor:
+    d = size["d"]
     # A random linear SEM on a DAG: X = E (I - W)^-1, W strictly upper, ~2 edges per node.
     w = torch.randn(d, d, generator=gen).triu(1)
     w = w * (torch.rand(d, d, generator=gen) < 4 / d)
@@ -178,18 +285,20 @@ class Model:
     """A model two ways, at a full and a tiny size.
 
     ``peer(**size)`` and ``hollow(**size)`` return modules whose ``forward(x)`` is the loss;
-    ``data(batch, d, generator)`` draws a batch for ``d = size[dim]``.
+    ``data(batch, size, generator)`` draws a batch; ``optimizer(parameters)`` is what the
+    model's users train with. A build with an ``after_step()`` method has it called after
+    every ``opt.step()``, as its users' loop does.
     """
 
     peer_name: str  # what the peer writes, for the table
     peer: Callable[..., nn.Module]
     hollow: Callable[..., nn.Module]
-    data: Callable[[int, int, torch.Generator], Tensor]
-    dim: str  # the size key that is the data's width
+    data: Data
     batch: int
     size: dict[str, int]
     tiny: dict[str, int]
     same_function: bool = True
+    optimizer: Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer] = _adam
 
     def sized(self, tiny: bool = False) -> tuple[dict[str, int], int]:
         """The builders' keyword arguments and the batch size."""
@@ -206,8 +315,7 @@ MODELS: dict[str, Model] = {
         "W*mask",
         lambda **s: MAF(linear=_w_times_mask, **s),
         lambda **s: MAF(linear=_hollow_mask, **s),
-        _gaussian,
-        "d",
+        _gaussian("d"),
         256,
         {"d": 16, "hidden": 256, "transforms": 3},
         {"d": 4, "hidden": 8, "transforms": 2},
@@ -217,7 +325,6 @@ MODELS: dict[str, Model] = {
         MaskedSEM,
         _golem_hollow,
         _sem_data,
-        "d",
         1000,
         {"d": 100},
         {"d": 6},
@@ -226,8 +333,7 @@ MODELS: dict[str, Model] = {
         "fc1 W*mask",
         lambda **s: NotearsMLP(linear=_w_times_mask, **s),
         lambda **s: NotearsMLP(linear=_hollow_mask, **s),
-        _gaussian,
-        "d",
+        _gaussian("d"),
         1000,
         {"d": 20, "m": 10},
         {"d": 4, "m": 3},
@@ -236,12 +342,21 @@ MODELS: dict[str, Model] = {
         "plain",
         Autoencoder,
         _mlp_hollow,
-        _gaussian,
-        "width",
+        _gaussian("width"),
         64,
         {"width": 1024, "depth": 4},
         {"width": 8, "depth": 4},
         same_function=False,
+    ),
+    "sparse-llm": Model(
+        "p.mul_(mask)",
+        _llm_mask_mul,
+        _llm_hollow,
+        _tokens,
+        4,
+        {"hidden": 256, "layers": 2, "vocab": 256, "seq": 64},
+        {"hidden": 32, "layers": 2, "vocab": 64, "seq": 8},
+        optimizer=_adamw,
     ),
 }
 
@@ -250,9 +365,10 @@ def held_entries(model: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
     """(stored weight, weight the forward uses, held mask) of each constrained weight.
 
     The peers' layers: a `MaskedLinear` (stored ``inner.weight``, used ``weight * mask``),
-    `MaskedSEM` (``W``, ``W * (1 - I)``) and plain ``nn.Linear`` (its diagonal, which only the
-    torch-hollow build holds). Their masks come from the model's own arithmetic (degrees, an
-    identity), never from torch-hollow, so they are the reference a torch-hollow build is read
+    `MaskedSEM` (``W``, ``W * (1 - I)``), plain ``nn.Linear`` (its diagonal, which only the
+    torch-hollow build holds) and `MaskMulLM` (each pruned weight, the entries its pruning
+    zeroed). Their masks come from the model's own arithmetic (degrees, an identity, the
+    pruning), never from torch-hollow, so they are the reference a torch-hollow build is read
     against. torch-hollow's: every held parameter (mask from its rule), stored = used.
     """
     out = []
@@ -264,6 +380,8 @@ def held_entries(model: nn.Module) -> list[tuple[Tensor, Tensor, Tensor]]:
                 out.append((w, w, rule.pattern.held_mask(w.shape, w.device)))
         elif isinstance(module, MaskedLinear):
             out.append((module.inner.weight, used_weight(module), module.mask == 0))
+        elif isinstance(module, MaskMulLM):
+            out.extend((p, p, ~mask) for p, mask in module.masks())
         elif isinstance(module, MaskedSEM):
             out.append((module.W, module.weight(), module.eye.bool()))
         elif type(module) is nn.Linear and isinstance(model, Autoencoder):
