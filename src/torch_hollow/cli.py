@@ -109,7 +109,8 @@ def _bench_models(args: argparse.Namespace) -> int:
         ),
         lambda: (
             f"torch {torch.__version__}, {args.device} ({_where(args.device)}), float32, "
-            f"{args.threads} threads, Adam step; ratios: over the peer, median ± half IQR over "
+            f"{args.threads} threads, each model's optimizer step (Adam; AdamW for "
+            f"sparse-llm); ratios: over the peer, median ± half IQR over "
             f"{args.rounds} interleaved rounds; held columns after {args.steps} lockstep steps"
         ),
         format_model_rows,
