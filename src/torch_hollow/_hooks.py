@@ -25,6 +25,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import guard, shards
+from ._routing import before_forward
 from ._state import KEY, Held, parameter, state_of
 from .errors import at, script_refusal
 from .rules import Rule
@@ -109,8 +110,6 @@ def _mask_grad(rule: Rule, where: tuple[str, str], param: Tensor) -> None:
 
 
 def _pre_forward(module: nn.Module, args: object) -> None:
-    from ._routing import before_forward
-
     held = state_of(module)
     if held is not None:
         before_forward(module, held)
@@ -147,10 +146,7 @@ def _post_save(module: nn.Module, state_dict: dict, prefix: str, local_metadata:
 def _pre_load(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
     held = state_of(module)
     if held is not None:
-        held.loading = {
-            prefix + name: (rule, *guard.dropped(rule, state_dict.get(prefix + name)))
-            for name, rule in held.rules.items()
-        }
+        held.loading = guard.dropped_all(held, state_dict, prefix)
 
 
 def _post_load(module: nn.Module, incompatible_keys: object) -> None:
@@ -161,9 +157,7 @@ def _post_load(module: nn.Module, incompatible_keys: object) -> None:
     guard.register(module)  # assign=True may have brought new Parameter objects (adopt)
     guard.enforce(module)
     loading, held.loading = held.loading, {}
-    for key, (rule, count, largest) in loading.items():
-        if count:
-            guard.warn_dropped(key, rule, count, largest)
+    guard.warn_dropped(loading)
 
 
 # What torch.save(model) pickles of a module held by hooks: `torch-hollow check` allows these

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from . import _hooks, patterns, shards
 from ._compat import GUARD_NAMES
-from ._state import Held, state_of
+from ._state import Held
+from .constrain import rules_of
 from .errors import HollowError, located
 from .nn import HollowLinear
 from .patterns import Diagonal, from_spec
@@ -168,7 +169,7 @@ def _source(obj: object, trust_pickle: bool, stack: contextlib.ExitStack) -> _So
         rules = {
             f"{prefix}.{name}" if prefix else name: rule
             for prefix, module in obj.named_modules()
-            for name, rule in _rules(module).items()
+            for name, rule in rules_of(module).items()
         }
     elif isinstance(obj, Mapping):
         state = _state_dict_in(obj)
@@ -430,11 +431,6 @@ def _mask_row(name: str, t: Tensor, allowed: Tensor) -> AuditRow:
 def _worse(largest: float, value: float) -> float:
     # As Pattern.max_abs: a NaN is reported as NaN, whatever else is found.
     return value if math.isnan(value) or value > largest else largest
-
-
-def _rules(module: nn.Module) -> dict:
-    held = state_of(module)
-    return {} if held is None else held.rules
 
 
 def _row(name: str, t: Tensor, rule: Rule | None) -> AuditRow:

@@ -32,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "adopt",
     "dropped",
+    "dropped_all",
     "enforce",
     "enforce_own",
     "enforce_traced",
@@ -231,9 +232,19 @@ def dropped(rule: Rule, incoming: object) -> tuple[int, float]:
     return rule.violations(shards.gather(incoming))
 
 
-def warn_dropped(key: str, rule: Rule, count: int, largest: float) -> None:
-    """Say that a load changed ``count`` values of ``key`` to what ``rule`` holds."""
-    warnings.warn(HollowWarning(rule.load_warning(key, count, largest)), stacklevel=4)
+def dropped_all(held: Held, state_dict: Any, prefix: str) -> dict[str, tuple[Rule, int, float]]:
+    """Before a load: `dropped` for each held name, by its key in ``state_dict``."""
+    return {
+        prefix + name: (rule, *dropped(rule, state_dict.get(prefix + name)))
+        for name, rule in held.rules.items()
+    }
+
+
+def warn_dropped(loading: dict[str, tuple[Rule, int, float]]) -> None:
+    """After a load: say, for each key of `dropped_all` that broke its rule, what it changed."""
+    for key, (rule, count, largest) in loading.items():
+        if count:
+            warnings.warn(HollowWarning(rule.load_warning(key, count, largest)), stacklevel=4)
 
 
 def record(module: nn.Module, state_dict: Any, prefix: str) -> None:

@@ -121,19 +121,13 @@ class HollowLinear(nn.Linear):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        rules = self._hollow.rules
-        dropped = {
-            name: guard.dropped(rule, state_dict.get(prefix + name))
-            for name, rule in rules.items()
-        }
+        loading = guard.dropped_all(self._hollow, state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         guard.register(self)  # assign=True may have brought new Parameter objects
         guard.enforce(self)
-        for name, (count, largest) in dropped.items():
-            if count:
-                guard.warn_dropped(prefix + name, rules[name], count, largest)
+        guard.warn_dropped(loading)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern!r}"

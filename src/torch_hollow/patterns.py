@@ -74,6 +74,14 @@ class Pattern:
         """How many held entries of ``t`` are not 0.0."""
         return int((self.held_values(t) != 0).sum())  # DTensor: no count_nonzero on 2.7, 2.8
 
+    def nonzero(self, t: Tensor) -> tuple[int, float]:
+        """`count_nonzero` and, if any, `max_abs` (else 0.0), from one read of the entries."""
+        values = self.held_values(t)
+        count = int((values != 0).sum())
+        if count == 0:
+            return 0, 0.0
+        return count, values.abs().amax().item() if not values.isnan().any() else float("nan")
+
     def zero_transposed_grad_(self, grad_t: Tensor | None) -> None:
         """Tensor hook for the gradient of ``weight.t()``: zero its held entries in place.
 
@@ -463,10 +471,13 @@ class Mask(Pattern):
     def _chunk(self, t: Tensor) -> tuple[Tensor, int]:
         # The packed bits on t's device, and how many bytes of them one step expands: per
         # byte, the keep-masks of its 8 entries and its index as an int64 (the table lookup),
-        # within min(64 MiB, 1/8 of the weight).
-        budget = min(_CHUNK_BYTES, self.shape.numel() * t.element_size() // 8)
+        # within the budget.
         per_byte = 8 * t.element_size() + 8
-        return self._on_device("bits", t.device), max(1, (budget - _SLACK) // per_byte)
+        return self._on_device("bits", t.device), max(1, (self._budget(t) - _SLACK) // per_byte)
+
+    def _budget(self, t: Tensor) -> int:
+        # The bytes a pass may allocate at a time: min(64 MiB, 1/8 of the weight).
+        return min(_CHUNK_BYTES, self.shape.numel() * t.element_size() // 8)
 
     def _zero_large_(self, t: Tensor) -> Tensor:
         ints = _bits(t)
@@ -493,7 +504,7 @@ class Mask(Pattern):
         # a block of the mask's first dimension at a time, within the same budget.
         first = t.dim() - len(self.shape)
         per_row = self.shape[1:].numel()
-        rows = max(1, min(_CHUNK_BYTES, self.shape.numel() * t.element_size() // 8) // per_row)
+        rows = max(1, self._budget(t) // per_row)
         bits = self._on_device("bits", t.device)
         for start in range(0, self.shape[0], rows):
             stop = min(self.shape[0], start + rows)

@@ -81,11 +81,6 @@ class Rule:
         """A copy of ``t`` that obeys the rule; differentiable, ``t`` is never written."""
         raise NotImplementedError
 
-    def mask_grad_(self, grad: Tensor) -> None:
-        """Zero the entries of ``grad`` that `grad_pattern` holds, in place."""
-        if self.grad_pattern is not None:
-            self.grad_pattern.zero_(grad)
-
     def violations(self, t: Tensor) -> tuple[int, float]:
         """How many entries of ``t`` break the rule, and the largest change enforcing makes."""
         raise NotImplementedError
@@ -151,8 +146,7 @@ class Zeros(Rule):
         return self.pattern.zero_(t.clone())
 
     def violations(self, t: Tensor) -> tuple[int, float]:
-        count = self.pattern.count_nonzero(t)
-        return count, (self.pattern.max_abs(t) if count else 0.0)
+        return self.pattern.nonzero(t)
 
     def load_warning(self, key: str, count: int, largest: float) -> str:
         return (
