@@ -90,3 +90,36 @@ def optimizer_params(names: Iterable[str]) -> list[object]:
 
 # Both where torch has Muon, the stand-in alone where it does not.
 MATRIX_OPTIMIZERS = optimizer_params(["Muon", "NewtonSchulz"])
+
+
+# The README's optimizer list, each with settings that move every entry in a few steps:
+# weight decay, momentum, matrix-wide updates. Matrix optimizers take 2-D parameters only.
+Factory = Callable[[Iterable], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, Factory] = {
+    "SGD-momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    "SGD-nesterov-wd": lambda p: torch.optim.SGD(
+        p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1
+    ),
+    "Adam": lambda p: torch.optim.Adam(p, lr=0.05),
+    "Adam-amsgrad": lambda p: torch.optim.Adam(p, lr=0.05, amsgrad=True),
+    "AdamW-foreach": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1, foreach=True),
+    "AdamW-fused": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1, fused=True),
+    "AdamW-forloop": lambda p: torch.optim.AdamW(p, lr=0.05, foreach=False),
+    "Adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1),
+    "Adadelta": lambda p: torch.optim.Adadelta(p, lr=1.0),
+    "RMSprop": lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5),
+    "Adafactor": lambda p: torch.optim.Adafactor(p, lr=0.05),
+    "Adamax": lambda p: torch.optim.Adamax(p, lr=0.05),
+    "NAdam": lambda p: torch.optim.NAdam(p, lr=0.05),
+    "RAdam": lambda p: torch.optim.RAdam(p, lr=0.05),
+    "ASGD": lambda p: torch.optim.ASGD(p, lr=0.1),
+    "Rprop": lambda p: torch.optim.Rprop(p, lr=0.05),
+    # max_eval above max_iter: the step ends on an update, not on a closure (whose forward
+    # would re-zero the held entries itself).
+    "LBFGS": lambda p: torch.optim.LBFGS(p, lr=0.5, max_iter=3, max_eval=5),
+    # Matrix optimizers: 2-D parameters only, so their layers have no bias.
+    "Muon": lambda p: torch.optim.Muon(p, lr=0.05),
+    "NewtonSchulz": lambda p: NewtonSchulz(p, lr=0.05),
+}
+MATRIX = {"Muon", "NewtonSchulz"}

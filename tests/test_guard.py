@@ -20,45 +20,16 @@ torch_hollow's own patterns, and checked bitwise: the float32 bits are all zero 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import pytest
 import torch
-from _optim import HAS_MUON, MUON_MISSING, NewtonSchulz, optimizer_params
+from _optim import HAS_MUON, MATRIX, MUON_MISSING, OPTIMIZERS, Factory, optimizer_params
 from conftest import diag_mask
 from torch import Tensor, nn
 
 from torch_hollow import hollow_
 
-Factory = Callable[[Iterable], torch.optim.Optimizer]
-
-OPTIMIZERS: dict[str, Factory] = {
-    "SGD-momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    "SGD-nesterov-wd": lambda p: torch.optim.SGD(
-        p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1
-    ),
-    "Adam": lambda p: torch.optim.Adam(p, lr=0.05),
-    "Adam-amsgrad": lambda p: torch.optim.Adam(p, lr=0.05, amsgrad=True),
-    "AdamW-foreach": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1, foreach=True),
-    "AdamW-fused": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1, fused=True),
-    "AdamW-forloop": lambda p: torch.optim.AdamW(p, lr=0.05, foreach=False),
-    "Adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1),
-    "Adadelta": lambda p: torch.optim.Adadelta(p, lr=1.0),
-    "RMSprop": lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5),
-    "Adafactor": lambda p: torch.optim.Adafactor(p, lr=0.05),
-    "Adamax": lambda p: torch.optim.Adamax(p, lr=0.05),
-    "NAdam": lambda p: torch.optim.NAdam(p, lr=0.05),
-    "RAdam": lambda p: torch.optim.RAdam(p, lr=0.05),
-    "ASGD": lambda p: torch.optim.ASGD(p, lr=0.1),
-    "Rprop": lambda p: torch.optim.Rprop(p, lr=0.05),
-    # max_eval above max_iter: the step ends on an update, not on a closure (whose forward
-    # would re-zero the held entries itself).
-    "LBFGS": lambda p: torch.optim.LBFGS(p, lr=0.5, max_iter=3, max_eval=5),
-    # Matrix optimizers: 2-D parameters only, so their layers have no bias.
-    "Muon": lambda p: torch.optim.Muon(p, lr=0.05),
-    "NewtonSchulz": lambda p: NewtonSchulz(p, lr=0.05),
-}
-MATRIX = {"Muon", "NewtonSchulz"}
 ALL_OPTIMIZERS = optimizer_params(OPTIMIZERS)
 STEPS = 3  # steps after each event, each one checked
 

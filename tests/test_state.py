@@ -28,7 +28,7 @@ def _busy_held() -> Held:
     held.own["weight"] = weakref.ref(weight)
     held.plans["weight"] = (weight.data_ptr(), Plan(zeros=(weight.detach().diagonal(1),)))
     held.swapped.append([(nn.Linear(3, 3), "weight", weight)])
-    held.loading["0.weight"] = (Zeros(Diagonal(1)), 2, 1.5)
+    held.loading["0.weight"] = ("weight", Zeros(Diagonal(1)), 2, 1.5)
     held._keep = weight  # keeps the weak reference alive for the test
     return held
 

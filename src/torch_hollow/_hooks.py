@@ -42,6 +42,9 @@ def attach(module: nn.Module, name: str, rule: Rule) -> None:
         module.register_state_dict_post_hook(_post_save)
         module.register_load_state_dict_pre_hook(_pre_load)
         module.register_load_state_dict_post_hook(_post_load)
+    param = parameter(module, name)
+    if name in held.rules and param is not None:
+        _drop_grad_hook(param)  # bound to the rule this one replaces; hooked again below
     held.rules[name] = rule
     held.plans.clear()
     # torch.jit.script looks this up on the instance, before it tries to compile our hooks.
@@ -155,9 +158,8 @@ def _post_load(module: nn.Module, incompatible_keys: object) -> None:
         return
     held.plans.clear()
     guard.register(module)  # assign=True may have brought new Parameter objects (adopt)
-    guard.enforce(module)
     loading, held.loading = held.loading, {}
-    guard.warn_dropped(loading)
+    guard.settle_load(module, held, loading)
 
 
 # What torch.save(model) pickles of a module held by hooks: `torch-hollow check` allows these

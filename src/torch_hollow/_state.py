@@ -29,7 +29,8 @@ class Held:
         own: name -> weak reference to the Parameter the module owns there.
         plans: name -> ``(data_ptr, Plan)`` for the storage the plan was made for.
         swapped: per running forward, the ``(holder, leaf, tensor)`` it put back after.
-        loading: per running ``load_state_dict``, ``key -> (rule, count, largest)`` dropped.
+        loading: per running ``load_state_dict``, ``key -> (name, rule, count, largest)``:
+            what the checkpoint broke of each rule.
     """
 
     def __init__(self, rules: dict[str, Rule], hooked: bool = False) -> None:
@@ -38,7 +39,7 @@ class Held:
         self.own: dict[str, weakref.ref[Tensor]] = {}
         self.plans: dict[str, tuple[int, Plan]] = {}
         self.swapped: list[list[tuple[nn.Module, str, Tensor]]] = []
-        self.loading: dict[str, tuple[Rule, int, float]] = {}
+        self.loading: dict[str, tuple[str, Rule, int, float]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"rules": self.rules, "hooked": self.hooked}

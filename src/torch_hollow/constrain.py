@@ -176,7 +176,7 @@ def remove(module: nn.Module, name: str | None = None) -> nn.Module:
 
 
 def is_hollow(module: nn.Module) -> bool:
-    """Whether ``module`` holds some parameter entries at zero (made by torch-hollow).
+    """Whether ``module`` holds some parameter entries to a rule (zeros, frozen values, ...).
 
     Example:
         >>> import torch
@@ -216,15 +216,16 @@ def hold_(module: nn.Module, name: str, rule: Rule, path: str) -> nn.Module:
     """Hold ``module.<name>`` to ``rule``: find, check, then act; ``path`` names the module.
 
     The one helper under every verb. Holding a parameter again with an equal rule changes
-    nothing; with another rule it is refused.
+    nothing; with another rule, the two are combined (`Rule.combine`) or refused.
     """
-    if not check_hold(module, name, rule, path):
-        _act(module, name, rule)
+    chosen = check_hold(module, name, rule, path)
+    if chosen is not None:
+        _act(module, name, chosen)
     return module
 
 
-def check_hold(module: nn.Module, name: str, rule: Rule, path: str) -> bool:
-    """Raise the `HollowError` `hold_` would raise; True if ``rule`` already holds there.
+def check_hold(module: nn.Module, name: str, rule: Rule, path: str) -> Rule | None:
+    """Raise the `HollowError` `hold_` would raise; else the rule to hold (None: held already).
 
     For a verb that holds many parameters: check them all, then `hold_` each.
     """
@@ -240,7 +241,12 @@ def check_hold(module: nn.Module, name: str, rule: Rule, path: str) -> bool:
 
 
 def _act(module: nn.Module, name: str, rule: Rule) -> None:
-    if type(module) is nn.Linear and name == "weight":
+    held = state_of(module)
+    if held is not None and name in held.rules and not held.hooked:  # combined: a new rule
+        held.rules[name] = rule
+        held.plans.clear()
+        guard.enforce(module)
+    elif type(module) is nn.Linear and name == "weight":
         module.__dict__[KEY] = Held({name: rule})
         module.__class__ = HollowLinear
         guard.register(module)
@@ -268,16 +274,28 @@ def _find(module: nn.Module, name: str) -> nn.Parameter:
     return param
 
 
-def _check(module: nn.Module, name: str, param: nn.Parameter, rule: Rule) -> bool:
-    # Raises a Cause if ``rule`` cannot hold here; True if it already does.
+def _check(module: nn.Module, name: str, param: nn.Parameter, rule: Rule) -> Rule | None:
+    # Raises a Cause if ``rule`` cannot hold here; the rule to hold, None if it already does.
     check_tensor(param, rule)
     shards.check(param)
+    if getattr(module, "sparse", False) and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        raise Cause(
+            "is an embedding with sparse=True: its sparse gradient cannot be masked",
+            "build the embedding with sparse=False (the default)",
+        )
     held = state_of(module)
     current = None if held is None else held.rules.get(name)
     if current is not None:
         if current == rule:
-            return True
-        raise Cause(f"is already held by {current!r}", "call remove() first to change the rule")
+            return None
+        merged = rule.combine(current) or current.combine(rule)
+        if merged is None:
+            raise Cause(
+                f"is already held by {current!r}, which {rule!r} cannot join",
+                "call remove() first to change the rule",
+            )
+        check_tensor(param, merged)
+        return merged
     wrapper = wrapper_of(module)
     if wrapper is not None:
         raise Cause(
@@ -291,4 +309,4 @@ def _check(module: nn.Module, name: str, param: nn.Parameter, rule: Rule) -> boo
             "HollowLinear holds only its weight",
             "hold the weight, or wrap this layer in a module and hollow_ that",
         )
-    return False
+    return rule

@@ -40,6 +40,7 @@ __all__ = [
     "owns",
     "record",
     "register",
+    "settle_load",
     "unregister",
     "warn_dropped",
 ]
@@ -232,19 +233,39 @@ def dropped(rule: Rule, incoming: object) -> tuple[int, float]:
     return rule.violations(shards.gather(incoming))
 
 
-def dropped_all(held: Held, state_dict: Any, prefix: str) -> dict[str, tuple[Rule, int, float]]:
+def dropped_all(
+    held: Held, state_dict: Any, prefix: str
+) -> dict[str, tuple[str, Rule, int, float]]:
     """Before a load: `dropped` for each held name, by its key in ``state_dict``."""
     return {
-        prefix + name: (rule, *dropped(rule, state_dict.get(prefix + name)))
+        prefix + name: (name, rule, *dropped(rule, state_dict.get(prefix + name)))
         for name, rule in held.rules.items()
     }
 
 
-def warn_dropped(loading: dict[str, tuple[Rule, int, float]]) -> None:
+def settle_load(
+    module: nn.Module, held: Held, loading: dict[str, tuple[str, Rule, int, float]]
+) -> None:
+    """After a load: each rule a key broke becomes `Rule.loaded`; restore all, then warn.
+
+    ``loading`` is what `dropped_all` found before the load.
+    """
+    for name, rule, count, _ in loading.values():
+        param = parameter(module, name)
+        if count and param is not None and held.rules.get(name) is rule:
+            new = rule.loaded(shards.gather(param.detach()))  # a DTensor's: a collective
+            if new is not rule:
+                held.rules[name] = new
+                held.plans.pop(name, None)
+    enforce(module)
+    warn_dropped(loading)
+
+
+def warn_dropped(loading: dict[str, tuple[str, Rule, int, float]]) -> None:
     """After a load: say, for each key of `dropped_all` that broke its rule, what it changed."""
-    for key, (rule, count, largest) in loading.items():
+    for key, (_, rule, count, largest) in loading.items():
         if count:
-            warnings.warn(HollowWarning(rule.load_warning(key, count, largest)), stacklevel=4)
+            warnings.warn(HollowWarning(rule.load_warning(key, count, largest)), stacklevel=5)
 
 
 def record(module: nn.Module, state_dict: Any, prefix: str) -> None:

@@ -126,8 +126,7 @@ class HollowLinear(nn.Linear):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         guard.register(self)  # assign=True may have brought new Parameter objects
-        guard.enforce(self)
-        guard.warn_dropped(loading)
+        guard.settle_load(self, self._hollow, loading)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern!r}"

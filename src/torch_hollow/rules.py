@@ -19,10 +19,14 @@ question               asked by
 `violations`           ``load_state_dict``: what a checkpoint had that the rule drops
 `load_warning`         ``load_state_dict``: how to tell the user about it
 `restrict`             DTensor shards: the rule on one rank's local shard
+`loaded`               ``load_state_dict``: the rule after a load wrote new values
 `record`               ``state_dict``: what to write into the checkpoint's metadata
+`combine`              every verb, on a parameter another rule already holds: one rule
+                       that holds both, or None (refused)
 =====================  ==============================================================
 
-`Zeros` is the first rule: held entries are bitwise +0.0.
+`Zeros` is the first rule: held entries are bitwise +0.0. `torch_hollow.freeze.Frozen` holds
+entries at their values.
 """
 
 from __future__ import annotations
@@ -92,6 +96,14 @@ class Rule:
             f"({self!r}); largest change: {largest:.6g}. Fix: remove() the rule first to keep "
             "them."
         )
+
+    def loaded(self, t: Tensor) -> Rule:
+        """The rule after a load wrote ``t`` (breaking it): ``self``, whose enforcing undoes it."""
+        return self
+
+    def combine(self, other: Rule) -> Rule | None:
+        """One rule that holds both ``self`` and ``other`` (held first), or None if none can."""
+        return None
 
     def restrict(self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]) -> Rule:
         """The rule on the block of a ``shape`` tensor at ``offset`` of size ``local``."""
