@@ -2,7 +2,8 @@
 
 A pattern acts on the last two dimensions of a tensor (``(..., out, in)``), so one pattern serves a
 plain matrix and a batch of matrices alike. Closed-form patterns (`Diagonal`, `StackedDiagonal`,
-`BlockDiagonal`) store no tensor; `Mask` stores its mask (see there). Patterns combine with ``|``:
+`BlockDiagonal`) store no tensor; `Rows` and `Cols` store their indices as runs; `Mask` stores its
+mask (see there). Patterns combine with ``|``:
 ``Diagonal() | Mask(allowed)`` holds the entries either one holds.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 __all__ = [
     "BlockDiagonal",
+    "Cols",
     "Diagonal",
     "Mask",
     "Pattern",
+    "Rows",
     "StackedDiagonal",
     "Union",
     "from_spec",
@@ -20,6 +23,7 @@ __all__ = [
 
 import functools
 import itertools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +66,17 @@ class Pattern:
         """The held entries of ``t`` as one flat tensor (a copy)."""
         views = self.views(t) or []
         return torch.cat([v.detach().reshape(-1) for v in views]) if views else t.new_zeros(0)
+
+    def put_(self, t: Tensor, values: Tensor) -> Tensor:
+        """Write ``values`` (flat, in `held_values` order) into the held entries of ``t``."""
+        views = self.views(t)
+        if views is None:
+            return t.masked_scatter_(self.held_mask(t.shape, t.device), values)
+        start = 0
+        for v in views:
+            v.copy_(values[start : start + v.numel()].view(v.shape))
+            start += v.numel()
+        return t
 
     def max_abs(self, t: Tensor) -> float:
         """Largest |value| on the held entries of ``t`` (NaN if one is NaN; 0.0 if none)."""
@@ -315,6 +330,162 @@ class BlockDiagonal(Pattern):
             out.append(t[..., r0 : r0 + r, c0 : c0 + c])
             r0, c0 = r0 + r, c0 + c
         return out
+
+
+_RUN_VIEWS = 64  # up to this many runs, one view each; beyond, one indexed op
+
+
+@dataclass(frozen=True, repr=False)
+class Rows(Pattern):
+    """Whole rows ``w[..., i, :]`` for ``i`` in ``indices``: an embedding's token rows.
+
+    The indices are stored as runs of consecutive rows (``range`` objects), not as a mask:
+    ``Rows(range(28800))`` keeps one ``range`` whatever the weight's size. Up to 64 runs are
+    written through one view each; more through one ``index_fill_`` / ``index_copy_``.
+
+    Args:
+        indices: row indices (any iterable of ints, a ``range``, or a 1-D integer tensor);
+            order and repeats do not matter.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.patterns import Rows
+        >>> Rows([0, 2]).zero_(torch.ones(3, 2))
+        tensor([[0., 0.],
+                [1., 1.],
+                [0., 0.]])
+        >>> Rows(range(1000))
+        Rows(range(0, 1000))
+    """
+
+    indices: tuple[range, ...]
+
+    _dim = -2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "indices", _runs(self.indices, type(self).__name__))
+
+    def __repr__(self) -> str:
+        runs = self.indices
+        if len(runs) == 1:
+            return f"{type(self).__name__}({runs[0]!r})"
+        shown = [i for r in runs[:3] for i in r[:8]]
+        more = ", ..." if sum(map(len, runs)) > len(shown) else ""
+        return f"{type(self).__name__}([{', '.join(map(str, shown))}{more}])"
+
+    @property
+    def count(self) -> int:
+        """How many rows (columns) are held."""
+        return sum(map(len, self.indices))
+
+    def problem(self, shape: torch.Size) -> tuple[str, str] | None:
+        if (bad := _need_matrix(shape)) is not None:
+            return bad
+        what = "rows" if self._dim == -2 else "columns"
+        size = shape[self._dim]
+        if not self.indices:
+            return (f"{self!r} holds no {what}", f"name at least one of the {size} {what}")
+        last = self.indices[-1].stop - 1
+        if last >= size:
+            return (
+                f"{what[:-1]} {last} is out of range for a weight with {size} {what}",
+                f"pass indices below {size}",
+            )
+        return None
+
+    def _index(self, device: torch.device) -> Tensor:
+        flat = [i for r in self.indices for i in r]
+        return torch.tensor(flat, dtype=torch.long, device=device)
+
+    def views(self, t: Tensor) -> list[Tensor] | None:
+        if len(self.indices) > _RUN_VIEWS:
+            return None
+        return [t.narrow(self._dim, r.start, len(r)) for r in self.indices]
+
+    def zero_(self, t: Tensor) -> Tensor:
+        if len(self.indices) <= _RUN_VIEWS:
+            return super().zero_(t)
+        return t.index_fill_(t.dim() + self._dim, self._index(t.device), 0)
+
+    def held_values(self, t: Tensor) -> Tensor:
+        if len(self.indices) <= _RUN_VIEWS:
+            return super().held_values(t)
+        return t.detach().index_select(t.dim() + self._dim, self._index(t.device)).reshape(-1)
+
+    def put_(self, t: Tensor, values: Tensor) -> Tensor:
+        if len(self.indices) <= _RUN_VIEWS:
+            return super().put_(t, values)
+        dim = t.dim() + self._dim
+        shape = list(t.shape)
+        shape[dim] = self.count
+        return t.index_copy_(dim, self._index(t.device), values.view(shape))
+
+    def restrict(
+        self, shape: Sequence[int], offset: Sequence[int], local: Sequence[int]
+    ) -> Pattern:
+        start, size = offset[self._dim], local[self._dim]
+        runs = []
+        for r in self.indices:
+            lo, hi = max(r.start, start), min(r.stop, start + size)
+            if lo < hi:
+                runs.append(range(lo - start, hi - start))
+        return type(self)(tuple(runs))
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "runs": [[r.start, r.stop] for r in self.indices]}
+
+
+@dataclass(frozen=True, repr=False)
+class Cols(Rows):
+    """Whole columns ``w[..., :, j]`` for ``j`` in ``indices``: an input's weights.
+
+    As `Rows`, on the last dimension.
+
+    Example:
+        >>> import torch
+        >>> from torch_hollow.patterns import Cols
+        >>> Cols([1]).zero_(torch.ones(2, 3))
+        tensor([[1., 0., 1.],
+                [1., 0., 1.]])
+    """
+
+    _dim = -1
+
+
+def _runs(indices: Any, kind: str) -> tuple[range, ...]:
+    # Sorted, merged runs of consecutive non-negative indices.
+    if isinstance(indices, tuple) and all(isinstance(r, range) and r.step == 1 for r in indices):
+        flat: Any = [i for r in indices for i in r] if len(indices) != 1 else indices[0]
+    else:
+        flat = indices
+    if isinstance(flat, range) and flat.step == 1 and flat.start >= 0:
+        return (flat,) if len(flat) else ()
+    if isinstance(flat, Tensor):
+        if flat.dim() > 1 or flat.is_floating_point() or flat.is_complex():
+            raise HollowError(
+                f"torch_hollow: {kind} takes a 1-D integer tensor, got {flat.dtype} of "
+                f"shape {tuple(flat.shape)}. Fix: pass e.g. torch.arange(10)."
+            )
+        flat = flat.tolist()
+    try:
+        values = sorted({int(operator.index(i)) for i in flat})
+    except TypeError:
+        raise HollowError(
+            f"torch_hollow: {kind} takes integer indices, got {indices!r:.80}. Fix: pass "
+            "e.g. range(100) or [0, 5, 7]."
+        ) from None
+    if values and values[0] < 0:
+        raise HollowError(
+            f"torch_hollow: {kind} got a negative index ({values[0]}). Fix: pass indices "
+            "counted from 0 (e.g. size - 1 instead of -1)."
+        )
+    runs: list[range] = []
+    for i in values:
+        if runs and runs[-1].stop == i:
+            runs[-1] = range(runs[-1].start, i + 1)
+        else:
+            runs.append(range(i, i + 1))
+    return tuple(runs)
 
 
 class Mask(Pattern):
@@ -733,6 +904,9 @@ class Union(Pattern):
     def held_values(self, t: Tensor) -> Tensor:
         return t.detach()[self.held_mask(t.shape, t.device)]  # once, however many parts hold it
 
+    def put_(self, t: Tensor, values: Tensor) -> Tensor:
+        return t.masked_scatter_(self.held_mask(t.shape, t.device), values)  # as held_values
+
     def tensors(self) -> list[Tensor]:
         return [t for p in self.parts for t in p.tensors()]
 
@@ -763,6 +937,9 @@ def from_spec(spec: dict[str, Any]) -> Pattern:
             return Mask(~spec["held"])
         if kind == "Union":
             return Union(tuple(from_spec(p) for p in spec["parts"]))
+        if kind in ("Rows", "Cols"):
+            runs = tuple(range(int(a), int(b)) for a, b in spec["runs"])
+            return (Rows if kind == "Rows" else Cols)(runs)
     except (KeyError, TypeError) as err:
         raise HollowError(
             f"torch_hollow: a {kind} pattern spec is incomplete: {err}. "
