@@ -40,7 +40,9 @@ class AuditRow:
     ``held_max`` is the largest |value| on the pattern's entries, or, for an unconstrained square
     weight, on its main diagonal (None for other unconstrained weights). ``violated`` is true
     when a held entry is not 0.0. ``sparsity`` is the fraction of the parameter's entries the
-    pattern holds (a pruning mask's sparsity; None when unconstrained).
+    pattern holds (a pruning mask's sparsity; None when unconstrained). A module's parameter
+    held to another rule (`torch_hollow.freeze_`) shows the rule as ``pattern``; its
+    ``held_max`` is the largest change restoring the rule would make, ``violated`` whether any.
 
     A weight checked against a rule asked for (``audit(..., nm=...)`` or ``mask=...``) also has
     ``zeros``, the fraction of its entries that are 0.0 (-0.0 counts as 0.0), and
@@ -442,7 +444,8 @@ def _row(name: str, t: Tensor, rule: Rule | None) -> AuditRow:
         return AuditRow(name, shape, None, Diagonal(0).max_abs(t), False)
     count, largest = rule.violations(t)
     held = int(rule.pattern.held_mask(shape, t.device).sum())
-    return AuditRow(name, shape, repr(rule.pattern), largest, count > 0, held / t.numel())
+    shown = repr(rule.pattern) if isinstance(rule, Zeros) else repr(rule)
+    return AuditRow(name, shape, shown, largest, count > 0, held / t.numel())
 
 
 def _state_dict_in(obj: Mapping[str, object]) -> Mapping[str, object]:
