@@ -461,8 +461,32 @@ def _fsdp_case(rank, world):
         assert not torch.equal(bits(full_emb[10:]), bits(_model()[0].weight[10:]))
 
 
+def _ddp_order_case(rank, world):
+    # Ranks that start from different values: freeze_ after wrapping freezes rank 0's values
+    # (DDP broadcast them); before wrapping, each rank's guard restores its own (the limit the
+    # docs state).
+    for freeze_first in (False, True):
+        torch.manual_seed(rank)
+        emb = nn.Embedding(6, 2)
+        if freeze_first:
+            freeze_(emb, pattern=Rows([0, 1]))
+        ddp = nn.parallel.DistributedDataParallel(emb)
+        if not freeze_first:
+            freeze_(emb, pattern=Rows([0, 1]))
+        ddp(torch.tensor([0, 1, 2])).sum().backward()
+        torch.optim.SGD(ddp.parameters(), lr=0.1, weight_decay=0.1).step()
+        gathered = [torch.empty_like(emb.weight) for _ in range(world)]
+        torch.distributed.all_gather(gathered, emb.weight.detach())
+        agree = torch.equal(gathered[0][:2], gathered[1][:2])
+        assert agree != freeze_first, f"freeze_first={freeze_first}: ranks agree={agree}"
+
+
 def test_ddp_two_gloo_ranks():
     run_ranks(_ddp_case, timeout=120.0)
+
+
+def test_ddp_freeze_after_wrapping_when_ranks_start_apart():
+    run_ranks(_ddp_order_case, timeout=120.0)
 
 
 def test_fsdp2_two_gloo_ranks():
