@@ -24,7 +24,7 @@ from . import shards
 from ._checks import resolve_pattern
 from ._state import parameter, state_of
 from .constrain import check_hold, hold_, remove
-from .errors import HollowError, at
+from .errors import HollowError, at, located
 from .patterns import Pattern
 from .rules import Rule
 
@@ -172,6 +172,14 @@ def freeze_(module: nn.Module, name: str = "weight", *, pattern: Pattern) -> nn.
     # Find and check everything with a stand-in rule before reading the values.
     check_hold(module, name, Frozen(pattern, torch.empty(0)), path)
     param = parameter(module, name)
+    if param.is_meta:
+        raise located(
+            path,
+            name,
+            param.shape,
+            "is on the meta device: it has no values to freeze",
+            "freeze_ after to_empty() and loading the weights",
+        )
     values = pattern.held_values(shards.gather(param.detach()))  # a DTensor's: a collective
     return hold_(module, name, Frozen(pattern, values), path)
 
