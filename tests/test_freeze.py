@@ -502,3 +502,36 @@ def test_functional_call_reads_a_copy_with_the_frozen_values():
     out = torch.func.functional_call(lin, {"weight": mine}, (torch.eye(3),))
     assert torch.equal(out.diagonal(), frozen) and torch.equal(mine, torch.zeros(3, 3))
     assert torch.equal(F.linear(torch.eye(3), lin.weight).diagonal(), frozen)
+
+
+def test_compiled_fullgraph_model_with_an_embedding_and_a_masked_linear():
+    # The Mask's first zeroing of a gradient happens inside the compiled backward.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
+    allowed = torch.rand(4, 4, generator=torch.Generator().manual_seed(5)) > 0.5
+    snap_emb, snap_lin = bits(model[0].weight[:6]).clone(), bits(model[1].weight[~allowed])
+    freeze_(model[0], pattern=Rows(range(6)))
+    freeze_(model[1], pattern=Mask(allowed))
+    compiled = torch.compile(model, fullgraph=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        compiled(torch.tensor([1, 7, 9])).square().sum().backward()
+        assert (bits(model[1].weight.grad[~allowed]) == 0).all()
+        opt.step()
+        assert torch.equal(bits(model[0].weight[:6]), snap_emb)
+        assert torch.equal(bits(model[1].weight[~allowed]), snap_lin)
+
+
+def test_check_reads_a_whole_frozen_model_file_without_trust_pickle(tmp_path):
+    from torch_hollow import audit
+
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 3))
+    freeze_(model[0], pattern=Rows([0, 1]))
+    freeze_(model[1], pattern=Cols([2]))
+    torch.save(model, tmp_path / "model.pt")
+    rows = audit(tmp_path / "model.pt")
+    assert [(r.name, r.pattern, r.violated) for r in rows] == [
+        ("0.weight", "Frozen(Rows([0, 1]))", False),
+        ("1.weight", "Frozen(Cols([2]))", False),
+    ]

@@ -367,7 +367,7 @@ class Rows(Pattern):
 
     def __repr__(self) -> str:
         runs = self.indices
-        if len(runs) == 1:
+        if len(runs) == 1 and len(runs[0]) > 8:
             return f"{type(self).__name__}({runs[0]!r})"
         shown = [i for r in runs[:3] for i in r[:8]]
         more = ", ..." if sum(map(len, runs)) > len(shown) else ""
@@ -705,8 +705,8 @@ class Mask(Pattern):
             found = self._on_device(kind[1], device).mT
         else:
             found = torch.where(self.held, 0, -1).to(kind).to(device)  # -1: all bits set
-        if not self._large() or kind == "bits":
-            self._on[key] = found
+        if (not self._large() or kind == "bits") and not torch.compiler.is_compiling():
+            self._on[key] = found  # (a cache written inside a traced backward breaks the graph)
         return found
 
     def held_values(self, t: Tensor) -> Tensor:
