@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = ["Frozen", "freeze_", "unfreeze"]
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,11 +23,12 @@ from torch import Tensor, nn
 
 from . import shards
 from ._checks import resolve_pattern
+from ._numpy import numpy_alias
 from ._state import parameter, state_of
 from .constrain import check_hold, hold_, remove
 from .errors import HollowError, at, located
 from .patterns import Pattern
-from .rules import Rule
+from .rules import Plan, Rule
 
 _INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -73,6 +75,24 @@ class Frozen(Rule):
             self.values = values
         return values
 
+    def plan(self, stored: Tensor) -> Plan:
+        # On the CPU, one NumPy copy per view, through integer views (a bitwise copy, bfloat16
+        # included): the guard runs this at every eager forward and step.
+        views = self.pattern.views(stored)
+        if views is None or stored.device.type != "cpu":
+            return super().plan(stored)
+        parts = self._values_for(stored).split([v.numel() for v in views])
+        pairs = [
+            (numpy_alias(_ints(v)), numpy_alias(_ints(p.view(v.shape))))
+            for v, p in zip(views, parts, strict=True)
+            if v.numel()
+        ]
+        if any(a is None for pair in pairs for a in pair):
+            return super().plan(stored)
+        import numpy
+
+        return Plan(calls=tuple(functools.partial(numpy.copyto, a, b) for a, b in pairs))
+
     def enforce_(self, t: Tensor) -> Tensor:
         return self.pattern.put_(t, self._values_for(t))
 
@@ -118,10 +138,14 @@ class Frozen(Rule):
         metadata.setdefault("frozen", {})[name] = self.pattern.spec()
 
 
+def _ints(t: Tensor) -> Tensor:
+    return t.view(_INT[t.element_size()])
+
+
 def _bits(t: Tensor) -> Tensor:
     if t.is_complex():
         t = torch.view_as_real(t)
-    return t.reshape(-1).view(_INT[t.element_size()])
+    return _ints(t.reshape(-1))
 
 
 def freeze_(module: nn.Module, name: str = "weight", *, pattern: Pattern) -> nn.Module:
