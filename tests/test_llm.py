@@ -9,6 +9,10 @@ run without `keep_zeros_` shows that the same training moves them.
 
 from __future__ import annotations
 
+import functools
+import gc
+import weakref
+
 import pytest
 import torch
 from _optim import MATRIX_OPTIMIZERS, make_matrix_optimizer
@@ -279,10 +283,104 @@ def _fsdp_case(rank, world):
 
 
 def test_fsdp2_fully_shard_two_gloo_ranks():
-    # Not asserted here: that each rank stores only its shard's bits. The public
-    # ``pattern.tensors()`` does not show the per-shard write plans the guard caches, so the
-    # bytes a rank holds cannot be measured through the API yet.
     run_ranks(_fsdp_case, timeout=120.0)
+
+
+def _kept_bytes(model):
+    """Bytes of the tensors torch-hollow keeps on ``model`` besides its parameters and grads.
+
+    Everything reachable from each module's state (rules, patterns, cached plans) and from the
+    hooks on its parameters, counted once per storage; a parameter's or gradient's own storage
+    (a plan's view of the weight) is not counted, nor the device mesh.
+    """
+    from torch.distributed.tensor import DTensor
+
+    def local(t):
+        return t._local_tensor if isinstance(t, DTensor) else t
+
+    own = {
+        local(t).untyped_storage().data_ptr()
+        for p in model.parameters()
+        for t in (p, p.grad)
+        if t is not None
+    }
+    storages, seen = {}, set()
+
+    def walk(obj):
+        if id(obj) in seen or isinstance(obj, (nn.Module, weakref.ref, type, str, int, float)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = local(obj).untyped_storage()
+            if storage.data_ptr() not in own:
+                storages[storage.data_ptr()] = storage.nbytes()
+        elif type(obj).__module__.startswith("torch.distributed"):
+            return  # the device mesh and its process groups
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, (list, tuple, set)):
+            for item in obj:
+                walk(item)
+        elif isinstance(obj, functools.partial):
+            walk(obj.args)
+            walk(obj.keywords)
+        elif hasattr(obj, "__dict__"):
+            walk(vars(obj))
+
+    for module in model.modules():
+        walk(module.__dict__.get("_hollow"))
+        for p in module.parameters(recurse=False):
+            walk(getattr(p, "_post_accumulate_grad_hooks", None))
+    return sum(storages.values())
+
+
+def _fsdp_bits_case(rank, world, opt_name):
+    from torch.distributed.fsdp import fully_shard
+
+    from torch_hollow import patterns
+
+    patterns.LARGE = 1  # every Mask keeps its packed bits alone, as a language model's do
+    for kind in PRUNINGS:
+        model = _llama()
+        pruned = _prune(model, kind)
+        th.keep_zeros_(model)
+        held = {n: m for n, m in model.named_modules() if th.is_hollow(m)}
+        whole = [weakref.ref(th.rules_of(m)["weight"].pattern) for m in held.values()]
+        unsharded = _kept_bytes(model)
+        assert unsharded >= sum(m.weight.numel() // 8 for m in held.values())
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        shards = sum(-(-m.weight.to_local().numel() // 8) for m in held.values())
+        matrices = [p for p in model.parameters() if p.dim() == 2]
+        rest = [p for p in model.parameters() if p.dim() != 2]
+        opts = [make_matrix_optimizer(opt_name, matrices, lr=0.02), _adamw(rest)]
+        if opt_name == "AdamW":
+            opts = [_adamw(model.parameters())]
+        start = _snapshot(model)
+        for ids in _batches(3, seed=1 + rank):
+            model(input_ids=ids, labels=ids).loss.backward()
+            grads = {n: p.grad for n, p in model.named_parameters() if n in pruned}
+            assert _not_zero(grads, pruned) == 0, "a held entry of a sharded gradient"
+            for opt in opts:
+                opt.step()
+                assert _not_zero(dict(model.named_parameters()), pruned) == 0
+            for opt in opts:
+                opt.zero_grad()
+            kept = _kept_bytes(model)  # every plan made: after forward, backward and step
+            assert kept <= shards + 256, (kind, opt_name, kept, shards, unsharded)
+        _check(model, pruned, start, [0], keep=True)
+        gc.collect()
+        assert not any(ref() is not None for ref in whole), "the whole Mask is still alive"
+
+
+@pytest.mark.parametrize("opt_name", ["AdamW", *MATRIX_OPTIMIZERS])
+def test_fsdp2_each_rank_keeps_its_shards_bits(opt_name):
+    # Each rank's rules and caches hold its shard's packed bits (a byte per 8 entries of its
+    # shard), not the whole weight's; the held entries stay +0.0 in the stored shards after
+    # every step, and 0.0 in the sharded gradients after every backward.
+    run_ranks(_fsdp_bits_case, opt_name, timeout=120.0)
 
 
 HELD_BY = [
