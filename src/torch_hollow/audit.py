@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import _hooks, patterns, shards
+from . import _hooks, constraints, patterns, shards
 from ._compat import GUARD_NAMES
 from ._state import Held
 from .constrain import rules_of
 from .errors import HollowError, located
+from .freeze import Frozen
 from .nn import HollowLinear
 from .patterns import Diagonal, from_spec
 from .rules import Rule, Zeros
@@ -444,7 +445,7 @@ def _row(name: str, t: Tensor, rule: Rule | None) -> AuditRow:
         return AuditRow(name, shape, None, Diagonal(0).max_abs(t), False)
     count, largest = rule.violations(t)
     held = int(rule.pattern.held_mask(shape, t.device).sum())
-    shown = repr(rule.pattern) if isinstance(rule, Zeros) else repr(rule)
+    shown = repr(rule.pattern) if isinstance(getattr(rule, "local", rule), Zeros) else repr(rule)
     return AuditRow(name, shape, shown, largest, count > 0, held / t.numel())
 
 
@@ -504,10 +505,13 @@ _HOLLOW = {
             HollowLinear,
             Held,
             Zeros,
+            Frozen,
             *(getattr(patterns, name) for name in patterns.__all__ if name != "from_spec"),
+            *(getattr(constraints, name) for name in constraints.__all__ if name[0].isupper()),
             *(getattr(_hooks, name) for name in _hooks.HOOKS),
         )
     },
+    "builtins.range": range,  # Rows and Cols keep their indices as ranges
     # what files saved by torch-hollow 0.1.0 name
     **{f"torch_hollow.guard.{name}": resolve() for name, resolve in GUARD_NAMES.items()},
 }

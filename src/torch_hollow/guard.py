@@ -196,6 +196,8 @@ def _plan(module: nn.Module, held: Held, name: str, rule: Rule) -> Plan:
     hit = held.plans.get(name)
     if hit is None or hit[0] != ptr:
         with at(type(module).__name__, name, param.shape):
+            # A sharded parameter: the rank keeps its shard's part of the rule alone.
+            rule = held.rules[name] = shards.localize(module, name, param, rule)
             hit = held.plans[name] = (ptr, shards.plan(param.data, rule))
         adopt(module)  # a new storage, maybe a new Parameter (FSDP, to_empty, assign)
     return hit[1]
