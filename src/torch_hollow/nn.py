@@ -129,7 +129,9 @@ class HollowLinear(nn.Linear):
         guard.settle_load(self, self._hollow, loading)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, pattern={self.pattern!r}"
+        rule = self._hollow.rules["weight"]
+        shown = f"pattern={rule.pattern!r}" if isinstance(rule, Zeros) else f"rule={rule!r}"
+        return f"{super().extra_repr()}, {shown}"
 
     def __getstate__(self) -> dict[str, Any]:
         # deepcopy, pickle and torch.save(model) copy what the rules hold, even right after a
