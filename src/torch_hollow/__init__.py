@@ -1,5 +1,5 @@
-"""torch-hollow: weight entries held at exactly zero (a hollow diagonal), or at their values,
-through training."""
+"""torch-hollow: weight entries held at exactly zero (a hollow diagonal), at their values, or
+inside constraints, through training."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ __all__ = [
     "HollowWarning",
     "__version__",
     "audit",
+    "constrain_",
+    "constraints",
     "convert",
     "freeze_",
     "from_prune",
@@ -25,8 +27,10 @@ __all__ = [
     "zero_diagonal_",
 ]
 
+from . import constraints
 from .audit import AuditRow, audit
 from .constrain import convert, hollow_, is_hollow, remove, rules_of
+from .constraints import constrain_
 from .errors import HollowError, HollowWarning
 from .freeze import freeze_, unfreeze
 from .functional import zero_diagonal_
