@@ -505,7 +505,9 @@ def test_functional_call_reads_a_copy_with_the_frozen_values():
 
 
 def test_compiled_fullgraph_model_with_an_embedding_and_a_masked_linear():
-    # The Mask's first zeroing of a gradient happens inside the compiled backward.
+    # The Mask's first zeroing of a gradient happens inside the compiled backward. (A fresh
+    # dynamo: the next test shows what an earlier compile of another pattern does on 2.8.)
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
     allowed = torch.rand(4, 4, generator=torch.Generator().manual_seed(5)) > 0.5
@@ -535,3 +537,34 @@ def test_check_reads_a_whole_frozen_model_file_without_trust_pickle(tmp_path):
         ("0.weight", "Frozen(Rows([0, 1]))", False),
         ("1.weight", "Frozen(Cols([2]))", False),
     ]
+
+
+@pytest.mark.xfail(
+    torch.__version__ < "2.9",
+    strict=True,
+    reason="torch 2.8: after a compiled layer with another pattern ran in the process, the "
+    "compiled backward of a Mask layer leaves denormal residues (bits 1-3) on held gradient "
+    "entries; stored weights are still restored after each step (docs/guarantees.md)",
+)
+@pytest.mark.parametrize("verb", ["hollow_", "freeze_"])
+def test_two_patterns_compiled_in_one_process_mask_the_second_gradient(verb):
+    hold = {"hollow_": hollow_, "freeze_": freeze_}[verb]
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    lin = hold(nn.Linear(6, 6, bias=False), pattern=Cols([1]))
+    first = torch.compile(nn.Sequential(lin, nn.Tanh()), fullgraph=True)
+    opt = torch.optim.AdamW(lin.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        first(torch.randn(4, 6)).square().sum().backward()
+        opt.step()
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
+    allowed = torch.rand(4, 4, generator=torch.Generator().manual_seed(5)) > 0.5
+    hold(model[1], pattern=Mask(allowed))
+    second = torch.compile(model, fullgraph=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        second(torch.tensor([1, 7, 9])).square().sum().backward()
+        assert (bits(model[1].weight.grad[~allowed]) == 0).all()
+        opt.step()

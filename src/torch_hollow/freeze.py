@@ -28,7 +28,7 @@ from ._state import parameter, state_of
 from .constrain import check_hold, hold_, remove
 from .errors import HollowError, at, located
 from .patterns import Pattern
-from .rules import Plan, Rule
+from .rules import Plan, Rule, Zeros
 
 _INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -76,6 +76,9 @@ class Frozen(Rule):
         return values
 
     def plan(self, stored: Tensor) -> Plan:
+        # The gradient's zeroing is prepared here, eagerly: made first inside a compiled
+        # backward, a Mask's keep-mask does not trace on torch 2.8.
+        Zeros(self.pattern).plan(stored)
         # On the CPU, one NumPy copy per view, through integer views (a bitwise copy, bfloat16
         # included): the guard runs this at every eager forward and step.
         views = self.pattern.views(stored)
