@@ -796,3 +796,17 @@ def test_warning_text_is_a_hollow_warning_not_an_error_outside_pytest():
     assert [w.category for w in caught] == [HollowWarning]
     assert "changed 36 value(s)" in str(caught[0].message)
     assert "largest change: 1" in str(caught[0].message)
+
+
+def test_a_linear_whose_bias_is_held_keeps_that_rule_when_its_weight_is_held_too():
+    from torch_hollow import rules_of
+
+    layer = nn.Linear(3, 3)
+    constrain_(layer, "bias", NonNeg())
+    constrain_(layer, "weight", NonNeg())
+    assert set(rules_of(layer)) == {"bias", "weight"}
+    with torch.no_grad():
+        layer.bias.fill_(-1.0)
+        layer.weight.fill_(-1.0)
+    layer(torch.randn(2, 3))
+    assert (layer.bias >= 0).all() and (layer.weight >= 0).all()

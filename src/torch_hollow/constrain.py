@@ -246,7 +246,7 @@ def _act(module: nn.Module, name: str, rule: Rule) -> None:
         held.rules[name] = rule
         held.plans.clear()
         guard.enforce(module)
-    elif type(module) is nn.Linear and name == "weight":
+    elif type(module) is nn.Linear and name == "weight" and held is None:  # else: hooks hold it
         module.__dict__[KEY] = Held({name: rule})
         module.__class__ = HollowLinear
         guard.register(module)
