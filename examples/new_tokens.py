@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sparse_finetune import _cpu_name, windows  # examples/sparse_finetune.py: the same
 from torch import Tensor, nn
 
 import torch_hollow as th
@@ -173,14 +174,6 @@ def encode(data: bytes, new: tuple[bytes, ...] = ()) -> Tensor:
         pos = match.end()
     parts.append(np.frombuffer(data, np.uint8, len(data) - pos, pos).astype(np.int64))
     return torch.from_numpy(np.concatenate(parts))
-
-
-def windows(stream: Tensor, count: int, seq: int, gen: torch.Generator | None = None) -> Tensor:
-    """``count`` windows of ``seq + 1`` tokens: random starts from ``gen``, else consecutive."""
-    if gen is None:
-        return stream[: count * (seq + 1)].view(count, seq + 1)
-    starts = torch.randint(0, len(stream) - seq - 1, (count,), generator=gen)
-    return torch.stack([stream[s : s + seq + 1] for s in starts.tolist()])
 
 
 # ---------------------------------------------------------------------------- model
@@ -673,16 +666,6 @@ def format_unlearning(records: list[dict]) -> str:
         for r in records
     ]
     return "\n".join([head, *rows])
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def conditions(cfg: Config, seed: int, result: dict) -> dict:
